@@ -1,0 +1,6 @@
+"""``python -m distland``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""Checkpoints: load a state_dict safely (``weights_only=True``), normalize its keys, hash it for provenance."""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, Mapping, Union
+
+import torch
+from torch import nn
+
+StateDict = Dict[str, torch.Tensor]
+_PREFIXES = ("module.", "_orig_mod.")   # DataParallel/DDP and torch.compile wrappers
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message names the file and the fix."""
+
+
+def sha256(path: Union[str, Path], block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def strip_prefixes(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """Drop ``module.`` / ``_orig_mod.`` prefixes (in any nesting) from every key."""
+    out: StateDict = OrderedDict()
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _PREFIXES:
+                if key.startswith(p):
+                    key, changed = key[len(p):], True
+        out[key] = value
+    return out
+
+
+def load_state_dict(path: Union[str, Path]) -> StateDict:
+    """Read a state_dict, or a dict holding one under ``state_dict`` / ``model``, with tensors only."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {str(p)!r} not found; check the `checkpoint` path "
+                              "(or leave it empty to use the model's initial weights)")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"checkpoint {str(p)!r} cannot be read ({type(e).__name__}: {str(e)[:300]}); "
+                              "it may be truncated or not a torch.save file — re-save it with "
+                              "torch.save(model.state_dict(), path)") from None
+    if isinstance(obj, nn.Module):  # pragma: no cover - weights_only refuses modules, kept for clarity
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {str(p)!r} holds no state_dict (a mapping of names to tensors, "
+                              "possibly under 'state_dict' or 'model')")
+    return strip_prefixes(obj)
+
+
+def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load ``state`` into ``model`` strictly, with an error that lists missing/unexpected/mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_few(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches {_few(shapes)}")
+        raise CheckpointError(f"{source} does not match the model ({'; '.join(parts)}); check that `model` "
+                              "(and `model_args`) name the architecture the checkpoint was trained with")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source} has NaN/inf values in {_few(bad)}; the training run diverged — "
+                              "use an earlier checkpoint")
+    model.load_state_dict(state, strict=True)
+
+
+def _few(items: list, n: int = 5) -> str:
+    shown = ", ".join(map(str, items[:n]))
+    return f"[{shown}{', …' if len(items) > n else ''}] ({len(items)} in all)"

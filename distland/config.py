@@ -1,0 +1,276 @@
+"""Strict, typed configuration: dataclasses loaded from YAML with dotted ``--set key=value`` overrides.
+
+An unknown key is an error that lists the valid ones; values are type-checked; the resolved config is saved as YAML
+text into every output file. The same machinery loads the training config (:mod:`distland.train`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and what would be valid."""
+
+
+# --------------------------------------------------------------------------------------------------- sections
+@dataclass
+class DataConfig:
+    name: str = "digits"            # digits | synthetic | cifar10 | "package.module:function"
+    split: str = "train"            # train | test | both
+    max_samples: int = 0            # 0 = all
+    batch_size: int = 0             # 0 = chosen by the engine for the device
+    root: str = ""                  # cifar10: the .tar.gz or the extracted cifar-10-batches-py/ folder
+    options: Dict[str, Any] = field(default_factory=dict)   # extra keyword arguments for a built-in loader
+
+
+@dataclass
+class DirectionsConfig:
+    kind: str = "random"            # random | interp (1-D path to `target`) | file
+    norm: str = "filter"            # filter | layer | weight | dfilter | dlayer | none
+    ignore: str = "biasbn"          # biasbn | none
+    type: str = "weights"           # weights (parameters) | states (state_dict incl. BN running stats)
+    seed: int = 0
+    same_dir: bool = False
+    file: str = ""                  # reuse directions from a file (ours or the loss-landscape layout)
+    target: str = ""                # interp: the second checkpoint θ'
+
+
+@dataclass
+class GridConfig:
+    x: List[float] = field(default_factory=lambda: [-1.0, 1.0, 21])
+    y: Optional[List[float]] = field(default_factory=lambda: [-1.0, 1.0, 21])
+
+
+@dataclass
+class EngineConfig:
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    threads: int = 0                # CPU threads per rank; 0 = cores on the node / ranks on the node
+    channels_last: str = "auto"     # auto | on | off
+    fold_bn: str = "auto"           # auto | on | off: fold eval-mode BatchNorm into the preceding conv (exact)
+    compile: str = "off"            # auto | on | off: torch.compile the forward pass
+    precision: str = "fp32"         # fp32 | tf32 | bf16 (reduced precision is opt-in and recorded)
+
+
+@dataclass
+class SweepConfig:
+    chunk: int = 0                  # grid points per work unit; 0 = adaptive
+    mpi: str = "auto"               # auto | on | off: use MPI (auto: when started by mpirun/srun)
+    io: str = "auto"                # auto | mpio | root: parallel HDF5, or rank 0 writes everything
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    """One surface job. Every key here is public: it is what users write in YAML."""
+
+    model: str = "democnn"
+    model_args: Dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = ""
+    train: str = ""                 # training config that produces `checkpoint` if it does not exist yet
+    data: DataConfig = field(default_factory=DataConfig)
+    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    output: str = "surface.h5"
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    def validate(self) -> "Config":
+        _choice("data.split", self.data.split, ("train", "test", "both"))
+        _choice("directions.kind", self.directions.kind, ("random", "interp", "file"))
+        _choice("directions.norm", self.directions.norm, ("filter", "layer", "weight", "dfilter", "dlayer", "none"))
+        _choice("directions.ignore", self.directions.ignore, ("biasbn", "none"))
+        _choice("directions.type", self.directions.type, ("weights", "states"))
+        _choice("engine.channels_last", self.engine.channels_last, ("auto", "on", "off"))
+        _choice("engine.fold_bn", self.engine.fold_bn, ("auto", "on", "off"))
+        _choice("engine.compile", self.engine.compile, ("auto", "on", "off"))
+        _choice("engine.precision", self.engine.precision, ("fp32", "tf32", "bf16"))
+        _choice("sweep.mpi", self.sweep.mpi, ("auto", "on", "off"))
+        _choice("sweep.io", self.sweep.io, ("auto", "mpio", "root"))
+        if self.sweep.chunk < 0:
+            raise ConfigError("sweep.chunk must be >= 0 (0 = adaptive)")
+        if self.directions.file and self.directions.kind == "random":
+            self.directions.kind = "file"  # a direction file given means: use it
+        if self.data.max_samples < 0 or self.data.batch_size < 0:
+            raise ConfigError("data.max_samples and data.batch_size must be >= 0 (0 = all / automatic)")
+        check_axis("grid.x", self.grid.x)
+        if self.grid.y is not None:
+            check_axis("grid.y", self.grid.y)
+        if self.directions.kind == "interp":
+            if not self.directions.target:
+                raise ConfigError("directions.kind 'interp' needs directions.target: the checkpoint to interpolate to")
+            if self.grid.y is not None:
+                raise ConfigError("directions.kind 'interp' is 1-D: remove grid.y (set it to null)")
+        if self.directions.kind == "file" and not self.directions.file:
+            raise ConfigError("directions.kind 'file' needs directions.file")
+        if not self.output:
+            raise ConfigError("output must name the surface file to write")
+        return self
+
+    @property
+    def splits(self) -> Tuple[str, ...]:
+        return ("train", "test") if self.data.split == "both" else (self.data.split,)
+
+
+def _choice(key: str, value: str, valid: Tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}: {value!r} is not valid; choose one of {', '.join(valid)}")
+
+
+def check_axis(key: str, axis: Any) -> Tuple[float, float, int]:
+    """Validate ``[min, max, num]``; returns it typed."""
+    if not isinstance(axis, (list, tuple)) or len(axis) != 3:
+        raise ConfigError(f"{key} must be [min, max, num], got {axis!r}")
+    lo, hi, num = axis
+    if isinstance(num, float) and num.is_integer():
+        num = int(num)
+    if not isinstance(num, int) or isinstance(num, bool) or num < 1:
+        raise ConfigError(f"{key}: num must be an integer >= 1, got {num!r}")
+    try:
+        lo, hi = float(lo), float(hi)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: min and max must be numbers, got {axis!r}") from None
+    if not (lo == lo and hi == hi) or abs(lo) == float("inf") or abs(hi) == float("inf"):
+        raise ConfigError(f"{key}: min and max must be finite, got {axis!r}")
+    if lo > hi:
+        raise ConfigError(f"{key}: min {lo} is greater than max {hi}")
+    if num > 1 and lo == hi:
+        raise ConfigError(f"{key}: {num} points need min < max, got min == max == {lo}")
+    return lo, hi, num
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def from_dict(cls: Type[T], data: Any, where: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, strictly: unknown keys and wrong types raise :class:`ConfigError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(map(str, data)) - set(fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]}; valid keys{' in ' + where if where else ''}: "
+                          f"{', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, key)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (inner,) = typing.get_args(tp) or (Any,)
+        return [_coerce(inner, v, key) for v in value]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) onto a nested mapping, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set grid.x=[-1,1,51]")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read a YAML mapping with errors that name the file and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found; pass the path to a YAML file (see configs/)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(p)!r} is not a text file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load(cls: Type[T], path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None) -> T:
+    """Load ``cls`` from an optional YAML file plus ``--set`` overrides, then validate it (if it can)."""
+    data = read_yaml(path) if path else {}
+    apply_overrides(data, list(overrides or []))
+    cfg = from_dict(cls, data)
+    validate = getattr(cfg, "validate", None)
+    return validate() if validate else cfg
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None) -> Config:
+    """The surface-job config."""
+    return load(Config, path, overrides)
+
+
+def config_from_yaml_text(text: str) -> Config:
+    """Rebuild a :class:`Config` from the YAML text stored in a surface file."""
+    return from_dict(Config, yaml.safe_load(text)).validate()

@@ -1,0 +1,77 @@
+"""``distland info``: the environment (versions, MPI, devices) and a surface file's grid, completion, provenance."""
+from __future__ import annotations
+
+import json
+import platform
+from typing import List
+
+import numpy as np
+
+
+def describe_environment() -> str:
+    import h5py
+    import torch
+
+    from . import __version__
+    from .engine import cores_available
+
+    lines = [f"distland {__version__}  python {platform.python_version()}  torch {torch.__version__}",
+             f"h5py {h5py.__version__}  HDF5 {h5py.version.hdf5_version}  parallel (mpio): "
+             f"{'yes' if h5py.get_config().mpi else 'no — rank 0 will write every result'}"]
+    try:
+        import mpi4py
+
+        line = f"mpi4py {mpi4py.__version__}"
+        try:
+            from mpi4py import MPI
+
+            line += f"  MPI: {MPI.Get_library_version().splitlines()[0].strip()}"
+        except Exception as e:  # noqa: BLE001 - report, don't fail
+            line += f"  (MPI library unusable: {e})"
+    except ImportError:
+        line = "mpi4py: not installed (serial runs only; pip install mpi4py)"
+    lines.append(line)
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            lines.append(f"cuda:{i} {p.name}  {p.total_memory / 2**30:.1f} GiB")
+    else:
+        lines.append(f"no GPU visible; CPU with {cores_available()} core(s) available to this process")
+    return "\n".join(lines)
+
+
+def describe_surface(path: str) -> str:
+    from .surface import read
+
+    data = read(path)
+    n_done, n = int(data.done.sum()), data.done.size
+    grid = " × ".join(f"{name} [{a[0]:g}, {a[-1]:g}] ({len(a)})" for name, a in (("x", data.x), ("y", data.y))
+                      if a is not None)
+    cfg = data.config
+    d = cfg.get("directions", {}) if isinstance(cfg, dict) else {}
+    lines: List[str] = [f"file {path} ({data.layout} layout)",
+                        f"  grid {grid}; {n_done}/{n} points done ({100.0 * n_done / n:.1f}%)"]
+    if cfg:
+        lines.append(f"  model {cfg.get('model')}  checkpoint {cfg.get('checkpoint') or '(initialisation)'}  "
+                     f"data {cfg.get('data', {}).get('name')}/{cfg.get('data', {}).get('split')}")
+        lines.append(f"  directions kind {d.get('kind')} norm {d.get('norm')} ignore {d.get('ignore')} "
+                     f"type {d.get('type')} seed {d.get('seed')}")
+    for key in ("distland_version", "created", "last_run", "checkpoint_sha256", "io", "nranks"):
+        if key in data.attrs:
+            lines.append(f"  {key}: {data.attrs[key]}")
+    if "engine" in data.attrs:
+        lines.append(f"  engine: {json.loads(data.attrs['engine'])}")
+    for dev in data.attrs.get("devices", []) or []:
+        lines.append(f"  {dev}")
+    for name, values in data.metrics.items():
+        finite = np.isfinite(values)
+        if finite.any():
+            lines.append(f"  {name}: min {np.nanmin(np.where(finite, values, np.nan)):.6g}  "
+                         f"max {np.nanmax(np.where(finite, values, np.nan)):.6g}"
+                         + (f"  ({int((data.done & ~finite).sum())} NaN/inf)" if (data.done & ~finite).any() else ""))
+    sharp = {k: v for k, v in data.attrs.items() if k.startswith("sharpness.")}
+    if sharp:
+        lines.append("  sharpness:")
+        lines.extend(f"    {k[len('sharpness.'):]}: {v:.6g}" if isinstance(v, float) else
+                     f"    {k[len('sharpness.'):]}: {v}" for k, v in sorted(sharp.items()))
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""Model zoo: plain ``nn.Module`` factories registered by name.
+
+A model knows nothing of files, processes or MPI. :func:`build_model` resolves either a registered zoo name or a
+plug-in spec ``"package.module:function"`` (imported by name; the current directory is importable).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Callable, Dict
+
+from torch import nn
+
+_REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
+_LOADED = False
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that adds a model factory to the zoo under ``name``."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def _load_zoo() -> None:
+    # Import the zoo modules lazily so `import distland` stays cheap; each module registers its models.
+    global _LOADED
+    if _LOADED:
+        return
+    for mod in ("demo", "resnet", "vgg", "densenet"):
+        try:
+            importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as e:  # a zoo module not written yet must not break the others
+            if e.name != f"{__name__}.{mod}":
+                raise
+    _LOADED = True
+
+
+def available() -> Dict[str, Callable[..., nn.Module]]:
+    """All registered zoo names mapped to their factories, sorted by name."""
+    _load_zoo()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def import_object(spec: str, what: str) -> Callable:
+    """Import ``"package.module:attr"``; the current directory is put on ``sys.path`` first."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{what} {spec!r}: a plug-in must be written 'package.module:function'")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r} ({e}); "
+                         "check the name and that it is importable from the current directory") from e
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}") from None
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a zoo model by name, or call a ``"package.module:function"`` plug-in; both get ``kwargs``."""
+    if ":" in name:
+        model = import_object(name, "model")(**kwargs)
+    else:
+        zoo = available()
+        if name not in zoo:
+            raise ValueError(f"unknown model {name!r}; valid names: {', '.join(zoo)} "
+                             "(or a plug-in 'package.module:function')")
+        model = zoo[name](**kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameter elements."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

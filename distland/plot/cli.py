@@ -1,0 +1,139 @@
+"""``distland plot``: figures and exports from surface files.
+
+Only argparse and the light :mod:`.common` are imported at module level: matplotlib, h5py and plotly load inside
+:func:`run_cli`, so ``distland --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, List, Optional, Sequence
+
+from .common import KINDS, KINDS_2D, METRICS, PlotError, PlotOptions, stem
+
+FORMATS = ("png", "pdf", "svg")
+
+DESCRIPTION = """\
+Render surface files written by `distland surface` (or by the paper authors' tool).
+One file: one figure per kind. Several files: one comparison figure per kind, a panel per file, all on the same
+colour scale. Exports (--vtk, --xdmf, --html) are written for every file. Output names are
+STEM_KIND_METRIC[_log].FORMAT; each path is printed when written."""
+
+
+def _kinds(text: str) -> List[str]:
+    if text.strip().lower() == "none":
+        return []
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(bad) or repr(text)}; "
+                                         f"choose from {', '.join(KINDS)} (comma-separated) or none")
+    return list(dict.fromkeys(kinds))
+
+
+def _levels(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--levels must be an integer, got {text!r}") from None
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"--levels must be at least 2, got {n}")
+    return n
+
+
+def add_subcommand(subparsers: Any) -> None:
+    """Register ``plot`` on the ``distland`` command's subparsers."""
+    p = subparsers.add_parser("plot", help="plot surface files (contours, heat maps, 3-D, 1-D; VTK/XDMF/HTML)",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("surfaces", nargs="+", metavar="SURFACE.h5", help="surface file(s); two or more are compared")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: the folder of the first surface file)")
+    p.add_argument("--format", choices=FORMATS, default="png", help="image format (default: png)")
+    p.add_argument("--metric", choices=METRICS,
+                   help="metric to draw (default: train_loss, else the first present; 1-D: all of them)")
+    p.add_argument("--kinds", type=_kinds, metavar="K[,K...]",
+                   help=f"plots to make, from {', '.join(KINDS)}, or none (default: 1d for a 1-D surface, "
+                        f"{','.join(KINDS_2D)} for a 2-D one)")
+    p.add_argument("--log", action="store_true", help="log10 scale for the metric")
+    p.add_argument("--vmin", type=float, help="lower end of the colour scale / contour levels (data units)")
+    p.add_argument("--vmax", type=float, help="upper end of the colour scale / contour levels (data units)")
+    p.add_argument("--levels", type=_levels, metavar="N", help="number of contour levels (default: 20)")
+    p.add_argument("--zmax", type=float, help="clip surface heights (3-D plot, VTK, HTML) at this value")
+    p.add_argument("--dpi", type=int, default=150, help="resolution of raster images (default: 150)")
+    p.add_argument("--trajectory", metavar="TRAJ.h5",
+                   help="draw this optimizer path (from `distland trajectory`) over the 2-D plots")
+    p.add_argument("--vtk", action="store_true", help="also write a ParaView structured grid (.vts)")
+    p.add_argument("--xdmf", action="store_true", help="also write an XDMF sidecar (.xmf) that opens the .h5")
+    p.add_argument("--html", action="store_true", help="also write an interactive 3-D HTML page (needs plotly)")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``distland plot``; 0 on success, 1 with a one-line message on a user error."""
+    try:
+        for path in plot_files(args.surfaces, options_from_args(args), kinds=args.kinds, out=args.out,
+                               trajectory=args.trajectory, vtk=args.vtk, xdmf=args.xdmf, html=args.html):
+            print(f"wrote {path}", flush=True)
+    except PlotError as e:
+        print(f"distland plot: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def options_from_args(args: argparse.Namespace) -> PlotOptions:
+    return PlotOptions(metric=args.metric, log=args.log, vmin=args.vmin, vmax=args.vmax, levels=args.levels,
+                       zmax=args.zmax, fmt=args.format, dpi=args.dpi)
+
+
+def _name(stems: Sequence[str], kind: str, metric: Optional[str], opts: PlotOptions) -> str:
+    head = stems[0] if len(stems) == 1 else "compare_" + "_".join(stems[:3]) + ("_etc" if len(stems) > 3 else "")
+    parts = [head, kind] + ([metric] if metric else []) + (["log"] if opts.log else [])
+    return "_".join(parts)
+
+
+def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence[str]] = None,
+               out: Optional[str] = None, trajectory: Optional[str] = None, vtk: bool = False, xdmf: bool = False,
+               html: bool = False) -> List[str]:
+    """Everything ``distland plot`` does, as a function: returns the paths written, in order."""
+    from . import export, surface
+    from .common import load, pick_metric
+    from .trajectory import read_trajectory
+
+    datas = [load(p) for p in paths]        # every input checked before anything is written
+    ndims = {d.ndim for d in datas}
+    if len(ndims) > 1:
+        raise PlotError("cannot mix 1-D and 2-D surfaces: " + ", ".join(f"{d.path} ({d.ndim}-D)" for d in datas))
+    ndim = ndims.pop()
+    kinds = list(kinds) if kinds is not None else (["1d"] if ndim == 1 else list(KINDS_2D))
+    wrong = [k for k in kinds if (k == "1d") != (ndim == 1)]
+    if wrong:
+        hint = "1d" if ndim == 1 else ",".join(KINDS_2D)
+        raise PlotError(f"{', '.join(wrong)} cannot be drawn from a {ndim}-D surface; use --kinds {hint}")
+    traj = None
+    if trajectory:
+        if len(datas) > 1 or ndim != 2:
+            raise PlotError("--trajectory needs exactly one 2-D surface file (the one computed in its PCA plane)")
+        traj = read_trajectory(trajectory)
+    out_dir = out or os.path.dirname(os.path.abspath(paths[0]))
+    os.makedirs(out_dir, exist_ok=True)
+    stems = [stem(p) for p in paths]
+    written: List[str] = []
+    for kind in kinds:
+        if len(datas) == 1:
+            fig = surface.plot_1d(datas[0], opts) if kind == "1d" else \
+                surface.plot_2d(datas[0], kind, opts, traj if kind != "surface3d" else None)
+        else:
+            fig = surface.plot_compare(datas, kind, opts)
+        metric = opts.metric if kind == "1d" else pick_metric(datas[0], opts.metric)
+        path = os.path.join(out_dir, _name(stems, kind, metric, opts) + "." + opts.fmt)
+        written.append(surface.save(fig, path, opts.dpi))
+    for data, name in zip(datas, stems):
+        metric = pick_metric(data, opts.metric)
+        tag = "_".join([name, metric] + (["log"] if opts.log else []))
+        if vtk:
+            written.append(export.export_vts(data, os.path.join(out_dir, tag), opts))
+        if xdmf:
+            written.append(export.export_xdmf(data, os.path.join(out_dir, name + ".xmf")))
+        if html:
+            written.append(export.export_html(data, os.path.join(out_dir, tag + ".html"), opts))
+    return written

@@ -1,0 +1,196 @@
+"""What every plot and export shares: loading with clear errors, options, masking, colour range and titles.
+
+Nothing here imports matplotlib or plotly, so the CLI can import it while ``distland --help`` stays fast.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+METRICS: Tuple[str, ...] = ("train_loss", "train_acc", "test_loss", "test_acc")
+KINDS_2D: Tuple[str, ...] = ("contour", "contourf", "heatmap", "surface3d")
+KINDS: Tuple[str, ...] = KINDS_2D + ("1d",)
+DEFAULT_LEVELS = 20
+
+
+class PlotError(ValueError):
+    """A problem with the user's input (file, metric, option); the message says what and where."""
+
+
+@dataclass
+class PlotOptions:
+    """How to draw: which metric, scale, colour range, contour count and 3-D height clip.
+
+    ``vmin``, ``vmax`` and ``zmax`` are in data units (loss, percent) even with ``log``.
+    """
+
+    metric: Optional[str] = None     # None: train_loss when present, else the first metric the file has
+    log: bool = False
+    vmin: Optional[float] = None
+    vmax: Optional[float] = None
+    levels: Optional[int] = None     # None: DEFAULT_LEVELS
+    zmax: Optional[float] = None     # clip surface heights (3-D plot, VTK, HTML) at this value
+    fmt: str = "png"
+    dpi: int = 150
+
+    @property
+    def n_levels(self) -> int:
+        return DEFAULT_LEVELS if self.levels is None else self.levels
+
+
+def load(path: str) -> Any:
+    """Read a surface file through :func:`distland.surface.read`, turning every failure into a :class:`PlotError`."""
+    from distland.surface import read   # h5py is not needed for `distland --help`
+
+    if not os.path.exists(path):
+        raise PlotError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise PlotError(f"{path} is a directory, not a surface file")
+    try:
+        data = read(path)
+    except PlotError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise PlotError(f"{path} is not a surface file: {e}") from e
+    if not data.metrics:
+        raise PlotError(f"{path} is not a surface file: it has none of {', '.join(METRICS)}")
+    if not np.any(data.done):
+        raise PlotError(f"{path}: no points are done yet; nothing to plot")
+    return data
+
+
+def pick_metric(data: Any, metric: Optional[str]) -> str:
+    """The metric to draw: the requested one (checked) or train_loss / the first present."""
+    if metric is not None:
+        if metric not in data.metrics:
+            raise PlotError(f"{data.path} has no {metric!r}; it has {', '.join(sorted(data.metrics))}")
+        return metric
+    for name in METRICS:
+        if name in data.metrics:
+            return name
+    return sorted(data.metrics)[0]
+
+
+def transform(values: np.ndarray, log: bool) -> np.ndarray:
+    """Values in plotting space: log10 with non-positive values made NaN when ``log``."""
+    values = np.asarray(values, dtype=np.float64)
+    if not log:
+        return values.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(values > 0, np.log10(np.where(values > 0, values, 1.0)), np.nan)
+
+
+def transform_scalar(value: Optional[float], log: bool, name: str) -> Optional[float]:
+    """A user bound (vmin, vmax, zmax) in plotting space."""
+    if value is None or not log:
+        return value
+    if value <= 0:
+        raise PlotError(f"--{name} {value} cannot be used with --log: it must be > 0")
+    return math.log10(value)
+
+
+def values(data: Any, metric: str, log: bool) -> np.ndarray:
+    """The metric in [i, j] layout and plotting space, NaN wherever not done or not finite."""
+    v = transform(data.metrics[metric], log)
+    v[~np.asarray(data.done, dtype=bool)] = np.nan
+    v[~np.isfinite(v)] = np.nan
+    return v
+
+
+def plane(data: Any, metric: str, log: bool) -> np.ma.MaskedArray:
+    """The 2-D metric as matplotlib wants it: ``Z[j, i]`` for ``X = x``, ``Y = y``, gaps masked (never 0)."""
+    v = values(data, metric, log)
+    return np.ma.masked_invalid(v.T)
+
+
+def value_range(arrays: Sequence[np.ndarray], opts: PlotOptions) -> Tuple[float, float]:
+    """Colour / level range in plotting space, shared by all ``arrays`` (already transformed, NaN = gap).
+
+    The top defaults to the largest finite value unless that is an outlier far above the 95th percentile (a
+    diverged corner at 1e6 would flatten every contour into one colour), in which case the 95th percentile wins.
+    """
+    finite = np.concatenate([np.ma.filled(np.ma.asarray(a, dtype=np.float64), np.nan).ravel() for a in arrays])
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        raise PlotError("no finite values to plot (every point done so far diverged)")
+    lo = transform_scalar(opts.vmin, opts.log, "vmin")
+    hi = transform_scalar(opts.vmax, opts.log, "vmax")
+    if lo is None:
+        lo = float(finite.min())
+    if hi is None:
+        top, q95 = float(finite.max()), float(np.quantile(finite, 0.95))
+        hi = q95 if top - lo > 4.0 * (q95 - lo) and q95 > lo else top
+    if not lo < hi:
+        if opts.vmin is not None and opts.vmax is not None:
+            raise PlotError(f"--vmin {opts.vmin} must be below --vmax {opts.vmax}")
+        # A flat surface, or a user bound beyond the data: open a small window, keeping the user's bound.
+        pad = 0.05 * max(abs(lo), abs(hi)) or 0.5
+        if opts.vmin is not None:
+            hi = lo + 2 * pad
+        elif opts.vmax is not None:
+            lo = hi - 2 * pad
+        else:
+            lo, hi = lo - pad, hi + pad
+    return lo, hi
+
+
+def contour_levels(lo: float, hi: float, n: int) -> np.ndarray:
+    """``n`` evenly spaced levels from ``lo`` to ``hi`` (predictable: explicit bounds are kept exactly)."""
+    if n < 2:
+        raise PlotError(f"--levels must be at least 2, got {n}")
+    return np.linspace(lo, hi, n)
+
+
+def metric_label(metric: str, log: bool) -> str:
+    unit = " (%)" if metric.endswith("_acc") else ""
+    return f"{metric}{unit}" + (", log scale" if log else "")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _axis_text(v: np.ndarray) -> str:
+    return f"[{v.min():g}, {v.max():g}]" if len(v) > 1 else f"{v[0]:g}"
+
+
+def describe(data: Any) -> str:
+    """One line of provenance from the job config: directions, grid, split, how much is done."""
+    cfg: Dict[str, Any] = data.config if isinstance(data.config, dict) else {}
+    dirs = cfg.get("directions") if isinstance(cfg.get("directions"), dict) else {}
+    split = (cfg.get("data") or {}).get("split") if isinstance(cfg.get("data"), dict) else None
+    parts: List[str] = []
+    if dirs.get("norm") or dirs.get("kind"):
+        norm = dirs.get("norm")
+        words = [f"{norm}-normalized" if norm and norm != "none" else "", str(dirs.get("kind") or ""), "directions"]
+        parts.append(" ".join(w for w in words if w))
+    if data.y is None:
+        parts.append(f"{len(data.x)} points on {_axis_text(data.x)}")
+    else:
+        parts.append(f"grid {len(data.x)}×{len(data.y)} on {_axis_text(data.x)}×{_axis_text(data.y)}")
+    if split:
+        parts.append(f"split: {split}")
+    done = np.asarray(data.done, dtype=bool)
+    if not done.all():
+        parts.append(f"{100.0 * done.mean():.0f}% done")
+    return " · ".join(parts)
+
+
+def model_name(data: Any) -> str:
+    cfg = data.config if isinstance(data.config, dict) else {}
+    name = cfg.get("model") or data.attrs.get("model")
+    return _text(name) if name else os.path.splitext(os.path.basename(data.path))[0]
+
+
+def title(data: Any, metric: Optional[str], log: bool) -> str:
+    """Two-line figure title: model and metric, then the provenance line."""
+    head = model_name(data) + (f" — {metric_label(metric, log)}" if metric else "")
+    return f"{head}\n{describe(data)}"
+
+
+def stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]

@@ -1,0 +1,164 @@
+"""Exports for other viewers: a ParaView structured grid (.vts), an XDMF sidecar (.xmf) and interactive HTML.
+
+pyevtk and plotly are optional (``pip install 'distland[plot]'``); they are imported only when used.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import xml.etree.ElementTree as ET
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .common import (METRICS, PlotError, PlotOptions, metric_label, pick_metric, title, transform_scalar,
+                     value_range, values)
+
+
+def _require(module: str, package: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise PlotError(f"{what} needs the optional package {package}: pip install 'distland[plot]'") from e
+
+
+def _metric_order(data: Any, first: str) -> List[str]:
+    return [first] + [m for m in METRICS if m in data.metrics and m != first]
+
+
+# ------------------------------------------------------------------------------------------------ ParaView .vts
+def export_vts(data: Any, base: str, opts: PlotOptions) -> str:
+    """Write ``base.vts``: a structured grid with z = the metric (log10 with ``log``, clipped at ``zmax``).
+
+    Every metric is also attached as point data in data units (NaN where not done or diverged), with ``done`` and
+    ``valid`` (done and finite) flags: points that have no height sit at the top of the surface, so use
+    ParaView's Threshold on ``valid`` to cut them out. A 1-D surface becomes a line of points at y = 0.
+    """
+    hl = _require("pyevtk.hl", "pyevtk", "the ParaView export (--vtk)")
+    metric = pick_metric(data, opts.metric)
+    nx, ny = len(data.x), 1 if data.y is None else len(data.y)
+    height = values(data, metric, opts.log).reshape(nx, ny)
+    valid = np.isfinite(height)
+    if not valid.any():
+        raise PlotError(f"{data.path}: no finite {metric} values to export")
+    top = transform_scalar(opts.zmax, opts.log, "zmax")
+    if top is not None:
+        height = np.minimum(height, top)
+    # NaN point coordinates break ParaView's bounds and camera; a gap is parked at the top and flagged instead.
+    height[~valid] = float(np.nanmax(height)) if top is None else top
+
+    def grid(a: np.ndarray) -> np.ndarray:
+        # pyevtk takes (nx, ny, nz) arrays indexed [i, j, k] and writes them x-fastest as VTK expects.
+        return np.ascontiguousarray(np.broadcast_to(a, (nx, ny)).reshape(nx, ny, 1))
+
+    xs = np.asarray(data.x, dtype=np.float64)[:, None]
+    ys = np.zeros((1, 1)) if data.y is None else np.asarray(data.y, dtype=np.float64)[None, :]
+    point_data: Dict[str, np.ndarray] = {}
+    for name in _metric_order(data, metric):   # the first array is the one ParaView colours by
+        point_data[name] = grid(values(data, name, False).reshape(nx, ny))
+    point_data["done"] = grid(np.asarray(data.done, dtype=np.uint8).reshape(nx, ny))
+    point_data["valid"] = grid(valid.astype(np.uint8))
+    out = hl.gridToVTK(base, grid(xs), grid(ys), grid(height), pointData=point_data)
+    return str(out)
+
+
+# ----------------------------------------------------------------------------------------------- XDMF sidecar
+_NUMBER_TYPES = {"f": "Float", "i": "Int", "u": "UInt"}
+
+
+def _data_item(parent: ET.Element, ref: str, shape: tuple, dtype: np.dtype) -> ET.Element:
+    number = _NUMBER_TYPES[dtype.kind]
+    if dtype.kind in "iu" and dtype.itemsize == 1:
+        number = "Char" if dtype.kind == "i" else "UChar"
+    item = ET.SubElement(parent, "DataItem", Dimensions=" ".join(map(str, shape)), NumberType=number,
+                         Precision=str(dtype.itemsize), Format="HDF")
+    item.text = ref
+    return item
+
+
+def export_xdmf(data: Any, out_path: str) -> str:
+    """Write an XDMF (.xmf) file that lets ParaView / VisIt open the surface ``.h5`` itself, no copy of the data.
+
+    XDMF has no transpose: it reads each dataset in storage order with the last index fastest, and that index
+    becomes the viewer's X axis. distland stores ``[i, j]`` (y fastest), so in the viewer X shows the surface's y
+    and Y its x (a mirror across the diagonal, recorded in an Information element); files of the paper authors'
+    tool store ``[j, i]`` and come out unswapped.
+    """
+    import h5py
+
+    with h5py.File(data.path, "r") as f:
+        layout = getattr(data, "layout", None)   # the reader's verdict; else judge as it does
+        ours = layout == "distland" if layout else ("distland_layout" in f.attrs or "done" in f)
+        names = [m for m in METRICS if m in f]
+        if not names or "xcoordinates" not in f:
+            raise PlotError(f"{data.path} is not a surface file: no xcoordinates or metric datasets")
+        nx = f["xcoordinates"].shape[0]
+        two_d = "ycoordinates" in f and len(f[names[0]].shape) == 2
+        ny = f["ycoordinates"].shape[0] if two_d else 1
+        items = {n: (f[n].shape, f[n].dtype) for n in names}
+        if "done" in f and f["done"].dtype.kind in "iu":   # bool is an HDF5 enum, which XDMF readers cannot read
+            items["done"] = (f["done"].shape, f["done"].dtype)
+        coord_types = {c: f[c].dtype for c in ("xcoordinates", "ycoordinates") if c in f}
+    if two_d:
+        slow, fast = ("xcoordinates", "ycoordinates") if ours else ("ycoordinates", "xcoordinates")
+        dims = (nx, ny) if ours else (ny, nx)
+    else:
+        slow, fast, dims = "", "xcoordinates", (1, nx)
+    for name, (shape, _) in items.items():
+        if int(np.prod(shape)) != nx * ny or (two_d and tuple(shape) != dims):
+            raise PlotError(f"{data.path}: dataset {name} has shape {tuple(shape)}, expected {dims}")
+
+    h5 = os.path.relpath(os.path.abspath(data.path), os.path.dirname(os.path.abspath(out_path)))
+    root = ET.Element("Xdmf", Version="2.0")
+    domain = ET.SubElement(root, "Domain")
+    grid = ET.SubElement(domain, "Grid", Name=os.path.splitext(os.path.basename(data.path))[0], GridType="Uniform")
+    ET.SubElement(grid, "Topology", TopologyType="2DRectMesh", Dimensions=f"{dims[0]} {dims[1]}")
+    geometry = ET.SubElement(grid, "Geometry", GeometryType="VXVY")
+    _data_item(geometry, f"{h5}:/{fast}", (dims[1],), coord_types[fast])
+    if slow:
+        _data_item(geometry, f"{h5}:/{slow}", (dims[0],), coord_types[slow])
+    else:   # a 1-D surface: a single row of points at y = 0, given inline
+        zero = ET.SubElement(geometry, "DataItem", Dimensions="1", NumberType="Float", Precision="8", Format="XML")
+        zero.text = "0.0"
+    viewer_x, viewer_y = fast.replace("coordinates", ""), (slow or "_").replace("coordinates", "")
+    ET.SubElement(grid, "Information", Name="axes",
+                  Value=f"viewer X = surface {viewer_x}, viewer Y = surface {viewer_y}")
+    for name, (shape, dtype) in items.items():
+        attr = ET.SubElement(grid, "Attribute", Name=name, AttributeType="Scalar", Center="Node")
+        _data_item(attr, f"{h5}:/{name}", tuple(shape), dtype)
+    tree = ET.ElementTree(root)
+    ET.indent(tree)
+    tree.write(out_path, encoding="utf-8", xml_declaration=True)
+    return out_path
+
+
+# ---------------------------------------------------------------------------------------------- plotly HTML
+def _as_list(a: np.ndarray) -> List[Any]:
+    """Nested lists with None for gaps: plain JSON numbers keep the file readable, and plotly leaves None as holes."""
+    return [_as_list(r) for r in a] if a.ndim > 1 else [None if not np.isfinite(v) else float(v) for v in a]
+
+
+def export_html(data: Any, path: str, opts: PlotOptions) -> str:
+    """A self-contained HTML page (plotly.js inlined, opens offline) with a rotatable 3-D surface or a 1-D curve."""
+    go = _require("plotly.graph_objects", "plotly", "the interactive HTML export (--html)")
+    metric = pick_metric(data, opts.metric)
+    v = values(data, metric, opts.log)
+    lo, hi = value_range([v], opts)
+    label = f"log10({metric})" if opts.log else metric_label(metric, False)
+    x = np.asarray(data.x, dtype=np.float64)
+    if data.y is None:
+        trace = go.Scatter(x=x.tolist(), y=_as_list(v), mode="lines+markers", name=metric, connectgaps=False)
+        fig = go.Figure(trace)
+        fig.update_layout(xaxis_title="x", yaxis_title=label)
+    else:
+        top: Optional[float] = transform_scalar(opts.zmax, opts.log, "zmax")
+        top = hi if top is None else top
+        # plotly's Surface wants z[row][col] with rows along y: the transpose of the [i, j] layout.
+        z = np.minimum(v.T, top)
+        trace = go.Surface(x=x.tolist(), y=np.asarray(data.y, dtype=np.float64).tolist(), z=_as_list(z),
+                           colorscale="Viridis", cmin=lo, cmax=hi, colorbar={"title": {"text": label}})
+        fig = go.Figure(trace)
+        fig.update_layout(scene={"xaxis_title": "x", "yaxis_title": "y", "zaxis_title": label})
+    fig.update_layout(title={"text": title(data, metric, opts.log).replace("\n", "<br>")}, height=750)
+    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    return path

@@ -1,0 +1,209 @@
+"""Matplotlib figures of surface files: 1-D curves, contours, filled contours, heat maps, 3-D surfaces, comparisons.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly, never pyplot: no global state, no GUI backend, and
+any number of figures can be made in one process without leaking.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+from matplotlib import colors, ticker
+from matplotlib.figure import Figure
+
+from .common import (KINDS_2D, METRICS, PlotError, PlotOptions, contour_levels, describe, metric_label, model_name,
+                     pick_metric, plane, stem, title, transform_scalar, value_range, values)
+from .trajectory import Trajectory, overlay_trajectory
+
+CMAP = "viridis"
+
+
+def _formatter(log: bool) -> ticker.Formatter:
+    """Ticks and contour labels in data units, also when the values drawn are log10 of them."""
+    if log:
+        return ticker.FuncFormatter(lambda v, _pos=None: f"{10.0 ** v:.3g}")
+    return ticker.FuncFormatter(lambda v, _pos=None: f"{v:.3g}")
+
+
+def _check_2d(data: Any, kind: str) -> None:
+    if kind not in KINDS_2D:
+        raise PlotError(f"unknown 2-D plot kind {kind!r}; choose from {', '.join(KINDS_2D)}")
+    if data.y is None:
+        raise PlotError(f"{data.path} is a 1-D surface: plot it with --kinds 1d, not {kind}")
+    if len(data.x) < 2 or len(data.y) < 2:
+        raise PlotError(f"{data.path}: a {kind} plot needs at least 2 points along x and y, "
+                        f"got {len(data.x)}×{len(data.y)}")
+
+
+def _extend(z: np.ma.MaskedArray, lo: float, hi: float) -> str:
+    """Which ends of a filled contour must extend, so values beyond [lo, hi] are coloured, not left as gaps."""
+    below, above = bool((z < lo).any()), bool((z > hi).any())
+    return {(False, False): "neither", (True, False): "min", (False, True): "max"}.get((below, above), "both")
+
+
+def draw_2d(ax: Any, data: Any, kind: str, metric: str, opts: PlotOptions, lo: float, hi: float) -> Any:
+    """Draw one 2-D panel on ``ax`` (a 3-D axes for ``surface3d``) and return its colour mappable.
+
+    ``lo`` and ``hi`` are the colour range in plotting space; passing the same to several panels is what gives a
+    comparison one shared scale.
+    """
+    _check_2d(data, kind)
+    x, y = np.asarray(data.x, dtype=np.float64), np.asarray(data.y, dtype=np.float64)
+    z = plane(data, metric, opts.log)               # (ny, nx), masked gaps
+    norm = colors.Normalize(vmin=lo, vmax=hi)
+    if kind == "contour":
+        levels = contour_levels(lo, hi, opts.n_levels)
+        m = ax.contour(x, y, z, levels=levels, cmap=CMAP, norm=norm, linewidths=1.0)
+        if len(m.levels):
+            ax.clabel(m, m.levels[::2], inline=True, fontsize=7, fmt=_formatter(opts.log))
+    elif kind == "contourf":
+        levels = contour_levels(lo, hi, opts.n_levels + 1)
+        m = ax.contourf(x, y, z, levels=levels, cmap=CMAP, norm=norm, extend=_extend(z, lo, hi))
+    elif kind == "heatmap":
+        # 'nearest' centres each cell on its grid point, so cell (i, j) shows exactly the value at (x_i, y_j).
+        m = ax.pcolormesh(x, y, z, shading="nearest", cmap=CMAP, norm=norm)
+    else:
+        top = transform_scalar(opts.zmax, opts.log, "zmax")
+        top = hi if top is None else top
+        # Heights are clipped so one diverged corner cannot squash the basin flat; gaps stay NaN (holes).
+        heights = np.minimum(z.filled(np.nan), top)
+        xx, yy = np.meshgrid(x, y)
+        m = ax.plot_surface(xx, yy, heights, cmap=CMAP, norm=norm, rstride=1, cstride=1, linewidth=0,
+                            antialiased=False)
+        ax.set_zlim(min(lo, float(np.nanmin(heights))), top)
+        ax.zaxis.set_major_formatter(_formatter(opts.log))
+    if kind != "surface3d":
+        ax.set_xlim(x.min(), x.max())
+        ax.set_ylim(y.min(), y.max())
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    return m
+
+
+def _axes(fig: Figure, kind: str, *pos: Any) -> Any:
+    return fig.add_subplot(*pos, projection="3d" if kind == "surface3d" else None)
+
+
+def _colorbar(fig: Figure, mappable: Any, ax: Any, metric: str, opts: PlotOptions) -> None:
+    cb = fig.colorbar(mappable, ax=ax, shrink=0.8, label=metric_label(metric, opts.log))
+    cb.formatter = _formatter(opts.log)
+    cb.update_ticks()
+
+
+def plot_2d(data: Any, kind: str, opts: PlotOptions, trajectory: Optional[Trajectory] = None) -> Figure:
+    """One 2-D plot of one surface file, optionally with a trajectory over it (planar kinds only)."""
+    _check_2d(data, kind)
+    metric = pick_metric(data, opts.metric)
+    lo, hi = value_range([values(data, metric, opts.log)], opts)
+    fig = Figure(figsize=(7.0, 5.6), layout="constrained")
+    ax = _axes(fig, kind, 1, 1, 1)
+    m = draw_2d(ax, data, kind, metric, opts, lo, hi)
+    if trajectory is not None:
+        if kind == "surface3d":
+            raise PlotError("a trajectory can be drawn on contour, contourf or heatmap plots, not surface3d")
+        overlay_trajectory(ax, trajectory)
+    _colorbar(fig, m, ax, metric, opts)
+    fig.suptitle(title(data, metric, opts.log), fontsize=10)
+    return fig
+
+
+def _draw_1d(ax: Any, data: Any, opts: PlotOptions) -> None:
+    """Loss on ``ax`` and accuracy on a twin axis, train solid and test dashed; gaps where not done or diverged."""
+    x = np.asarray(data.x, dtype=np.float64)
+    wanted = [opts.metric] if opts.metric else [m for m in METRICS if m in data.metrics]
+    if opts.metric:
+        pick_metric(data, opts.metric)      # a clear error when the file lacks it
+    losses = [m for m in wanted if not m.endswith("_acc")]
+    accs = [m for m in wanted if m.endswith("_acc")]
+    handles: List[Any] = []
+    acc_ax = ax.twinx() if accs and losses else ax
+    for target, names, color in ((ax, losses, "C0"), (acc_ax, accs, "C1")):
+        for name in names:
+            v = values(data, name, False)   # log is an axis scale here, not a transform
+            style = "--" if name.startswith("test") else "-"
+            handles += target.plot(x, v, style, color=color, marker="." if len(x) <= 60 else None, label=name)
+    if losses:
+        ax.set_ylabel("loss" + (" (log scale)" if opts.log else ""))
+        if opts.log:
+            ax.set_yscale("log")
+        _limit_1d(ax, data, losses, opts)
+    if accs:
+        acc_ax.set_ylabel("accuracy (%)")
+        if not losses:
+            _limit_1d(acc_ax, data, accs, opts)
+    ax.set_xlabel("x")
+    ax.legend(handles=handles, loc="best", fontsize=8)
+
+
+def _limit_1d(ax: Any, data: Any, names: Sequence[str], opts: PlotOptions) -> None:
+    """Apply --vmin/--vmax, or cut off outliers (a diverged end would otherwise flatten the curve)."""
+    lo, hi = value_range([values(data, n, opts.log) for n in names], opts)
+    top = max(float(np.nanmax(values(data, n, opts.log))) for n in names)
+    if opts.vmin is None and opts.vmax is None and hi >= top:
+        return                              # no outliers and no user bounds: matplotlib's own margins are best
+    pad = 0.03 * (hi - lo)
+    lo, hi = lo - (pad if opts.vmin is None else 0), hi + (pad if opts.vmax is None else 0)
+    ax.set_ylim(*((10.0 ** lo, 10.0 ** hi) if opts.log else (lo, hi)))
+
+
+def plot_1d(data: Any, opts: PlotOptions) -> Figure:
+    """A 1-D surface: loss and accuracy curves on twin axes."""
+    if data.y is not None:
+        raise PlotError(f"{data.path} is a 2-D surface: use --kinds contour, contourf, heatmap or surface3d")
+    fig = Figure(figsize=(7.0, 4.8), layout="constrained")
+    _draw_1d(fig.add_subplot(1, 1, 1), data, opts)
+    fig.suptitle(title(data, opts.metric, opts.log), fontsize=10)
+    return fig
+
+
+def _grid_shape(n: int) -> Tuple[int, int]:
+    cols = min(n, 4)
+    return math.ceil(n / cols), cols
+
+
+def plot_compare(datas: Sequence[Any], kind: str, opts: PlotOptions) -> Figure:
+    """One figure, a panel per surface file, all on the same colour scale and levels (one shared colorbar)."""
+    if len(datas) < 2:
+        raise PlotError("a comparison needs at least two surface files")
+    dims = {d.ndim for d in datas}
+    if len(dims) > 1:
+        raise PlotError("cannot compare 1-D and 2-D surfaces in one figure: " +
+                        ", ".join(f"{d.path} ({d.ndim}-D)" for d in datas))
+    rows, cols = _grid_shape(len(datas))
+    if dims == {1}:
+        if kind != "1d":
+            raise PlotError(f"these surfaces are 1-D: compare them with --kinds 1d, not {kind}")
+        fig = Figure(figsize=(4.6 * cols, 3.8 * rows), layout="constrained")
+        first = None
+        for k, d in enumerate(datas):
+            ax = fig.add_subplot(rows, cols, k + 1, sharey=first)
+            first = first or ax
+            _draw_1d(ax, d, opts)
+            ax.set_title(f"{stem(d.path)}: {model_name(d)}", fontsize=9)
+        fig.suptitle("comparison", fontsize=10)
+        return fig
+    metric = opts.metric or pick_metric(datas[0], None)
+    for d in datas:
+        pick_metric(d, metric)
+    lo, hi = value_range([values(d, metric, opts.log) for d in datas], opts)
+    fig = Figure(figsize=(4.4 * cols + 1.2, 3.9 * rows), layout="constrained")
+    axes, mappables = [], []
+    for k, d in enumerate(datas):
+        ax = _axes(fig, kind, rows, cols, k + 1)
+        mappables.append(draw_2d(ax, d, kind, metric, opts, lo, hi))
+        ax.set_title(f"{stem(d.path)}: {model_name(d)}\n{describe(d)}", fontsize=7)
+        axes.append(ax)
+    _colorbar(fig, mappables[0], axes, metric, opts)
+    fig.suptitle(f"{metric_label(metric, opts.log)} — shared colour scale", fontsize=10)
+    return fig
+
+
+def save(fig: Figure, path: str, dpi: int = 150) -> str:
+    """Write ``fig`` (format from the extension) and release it."""
+    fig.savefig(path, dpi=dpi)
+    fig.clear()
+    return path
+
+
+__all__ = ["plot_1d", "plot_2d", "plot_compare", "draw_2d", "save"]

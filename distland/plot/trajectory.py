@@ -1,0 +1,71 @@
+"""Optimizer trajectories (from ``distland trajectory``) drawn over a 2-D contour plot."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from .common import PlotError
+
+
+@dataclass
+class Trajectory:
+    """A path projected on the two principal directions, one point per saved epoch."""
+
+    coords: np.ndarray                   # (K, 2)
+    labels: np.ndarray                   # (K,) epochs
+    lr_drops: np.ndarray                 # epochs at which the learning rate dropped (may be empty)
+    explained_variance: Optional[np.ndarray] = None   # (2,) ratios in [0, 1]
+    path: str = ""
+
+    def axis_label(self, k: int) -> str:
+        """``"PC1: 84.1%"`` when the explained variance is known, else ``"PC1"``."""
+        if self.explained_variance is None or len(self.explained_variance) <= k:
+            return f"PC{k + 1}"
+        return f"PC{k + 1}: {100.0 * float(self.explained_variance[k]):.1f}%"
+
+
+def read_trajectory(path: str) -> Trajectory:
+    """Read ``trajectory/coords``, ``trajectory/labels``, optional ``trajectory/lr_drops`` and the variance ratio."""
+    import h5py
+
+    if not os.path.exists(path):
+        raise PlotError(f"no such trajectory file: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if "trajectory/coords" not in f:
+                raise PlotError(f"{path} is not a trajectory file: it has no 'trajectory/coords'")
+            coords = np.asarray(f["trajectory/coords"][()], dtype=np.float64)
+            labels = np.asarray(f["trajectory/labels"][()]) if "trajectory/labels" in f else np.arange(len(coords))
+            drops = np.asarray(f["trajectory/lr_drops"][()]) if "trajectory/lr_drops" in f else np.zeros(0, int)
+            evr = f.attrs.get("explained_variance_ratio")
+    except OSError as e:
+        raise PlotError(f"{path} is not a trajectory file: {e}") from e
+    if coords.ndim != 2 or coords.shape[1] != 2 or len(labels) != len(coords):
+        raise PlotError(f"{path}: trajectory/coords must be (K, 2) with K labels, got {coords.shape} and "
+                        f"{len(labels)} labels")
+    return Trajectory(coords, labels.astype(int), np.atleast_1d(drops).astype(int),
+                      None if evr is None else np.asarray(evr, dtype=np.float64), path)
+
+
+def overlay_trajectory(ax: Any, traj: Trajectory, max_labels: int = 12) -> None:
+    """Draw the path with epoch markers, label every few epochs, star the lr drops and name the axes by PC."""
+    c = traj.coords
+    ax.plot(c[:, 0], c[:, 1], "-o", color="black", markersize=3, linewidth=1.2, zorder=4, label="trajectory")
+    ax.plot(c[0, 0], c[0, 1], "s", color="black", markersize=6, zorder=5)   # where training started
+    # Label only every few epochs: a 200-epoch run labelled at each point is unreadable.
+    step = max(1, math.ceil(len(c) / max_labels))
+    shown = set(range(0, len(c), step)) | {len(c) - 1}
+    for k in sorted(shown):
+        ax.annotate(str(traj.labels[k]), (c[k, 0], c[k, 1]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7, zorder=6)
+    drop = np.isin(traj.labels, traj.lr_drops)
+    if drop.any():
+        ax.plot(c[drop, 0], c[drop, 1], "*", color="red", markersize=12, markeredgecolor="black", zorder=6,
+                linestyle="none", label="lr drop")
+    ax.set_xlabel(traj.axis_label(0))
+    ax.set_ylabel(traj.axis_label(1))
+    ax.legend(loc="best", fontsize=8)

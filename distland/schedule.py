@@ -1,0 +1,178 @@
+"""Dynamic scheduling of grid points over ranks: a coordinator on rank 0 that also evaluates.
+
+Design. Rank 0 keeps the queue of unfinished points. Each worker (rank > 0) is handed up to two work units at a
+time, so the next one is already in its mailbox when it finishes the current one; after each unit it writes the
+results itself (``mpio``) and reports ``DONE`` with the values (a few floats), which earns it the next unit. The
+worker loop is only recv → evaluate → write → send. Rank 0 evaluates units of its own and answers workers
+between its forward batches (a non-blocking probe per batch), so it costs workers no idle time while every
+rank does evaluation work. Unit sizes adapt (``grid.chunk_size``): about half a second of work, never more than a
+fair share of what is left, so fast models don't flood the coordinator and slow points don't strand a rank.
+The original tool's static blocks plus an all-array reduce after every point is what this replaces.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .comm import TAG_DONE, TAG_ERROR, TAG_WORK, Comm
+from .grid import chunk_size, take
+
+Values = Dict[str, np.ndarray]
+EvalChunk = Callable[[List[int], Optional[Callable[[], None]]], Values]
+Write = Callable[[Sequence[int], Values], None]
+CREDIT = 2  # units a worker holds at once: the one it works on and the next
+
+
+@dataclass
+class RankStats:
+    """What one rank did: for the summary and the coordinator-overhead benchmark."""
+
+    rank: int
+    points: int = 0
+    units: int = 0
+    busy_s: float = 0.0
+    wait_s: float = 0.0
+    wall_s: float = 0.0
+
+
+@dataclass
+class Progress:
+    """Progress of the whole grid, fed on rank 0 (``report`` prints a line at most every ``every`` seconds)."""
+
+    total: int
+    done: int
+    report: Optional[Callable[["Progress"], None]] = None
+    every: float = 0.5
+    started: float = field(default_factory=time.monotonic)
+    new_points: int = 0
+    _last: float = 0.0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        self.new_points += n
+        now = time.monotonic()
+        if self.report is not None and (now - self._last >= self.every or self.done >= self.total):
+            self._last = now
+            self.report(self)
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.new_points / elapsed if elapsed > 0 else 0.0
+
+
+class _Rate:
+    """Smoothed points per second of one rank, for sizing units."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def update(self, points: int, seconds: float) -> None:
+        if seconds > 0 and points > 0:
+            r = points / seconds
+            self.value = r if self.value == 0 else 0.7 * self.value + 0.3 * r
+
+
+def run(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Optional[Write], root_writes: bool,
+        progress: Optional[Progress] = None, fixed_chunk: int = 0,
+        on_values: Optional[Callable[[Sequence[int], Values], None]] = None) -> List[RankStats]:
+    """Evaluate every point of ``queue`` (meaningful on rank 0 only) across all ranks; returns every rank's
+    stats on rank 0 (its own only elsewhere).
+
+    ``write`` stores a unit's values from the rank that computed it; with ``root_writes`` (h5py without MPI) the
+    workers send values to rank 0, which writes them all.
+    """
+    if comm.is_root:
+        return _coordinate(comm, list(queue), evaluate, write, root_writes, progress, fixed_chunk, on_values)
+    return [_work(comm, evaluate, None if root_writes else write)]
+
+
+def _work(comm: Comm, evaluate: EvalChunk, write: Optional[Write]) -> RankStats:
+    stats = RankStats(comm.rank)
+    t_start = time.monotonic()
+    while True:
+        t0 = time.monotonic()
+        unit, _, _ = comm.recv(source=0, tag=TAG_WORK)
+        stats.wait_s += time.monotonic() - t0
+        if unit is None:
+            break
+        t1 = time.monotonic()
+        values = evaluate(unit, None)
+        if write is not None:
+            write(unit, values)
+        elapsed = time.monotonic() - t1
+        stats.busy_s += elapsed
+        stats.points += len(unit)
+        stats.units += 1
+        comm.send((unit, values, elapsed), dest=0, tag=TAG_DONE)
+    stats.wall_s = time.monotonic() - t_start
+    # The final wait for the stop message is not idleness caused by the queue: the job is over for this rank.
+    return stats
+
+
+def _coordinate(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Optional[Write], root_writes: bool,
+                progress: Optional[Progress], fixed_chunk: int,
+                on_values: Optional[Callable[[Sequence[int], Values], None]]) -> List[RankStats]:
+    n = comm.size
+    rates = [_Rate() for _ in range(n)]
+    held = [0] * n
+    stopped = [False] * n
+    stats = RankStats(0)
+    t_start = time.monotonic()
+
+    def next_unit(rank: int) -> List[int]:
+        rate = rates[rank].value or max((r.value for r in rates), default=0.0)
+        return take(queue, chunk_size(len(queue), n, rate, fixed=fixed_chunk))
+
+    def feed(rank: int) -> None:
+        while held[rank] < CREDIT and queue:
+            comm.send(next_unit(rank), dest=rank, tag=TAG_WORK)
+            held[rank] += 1
+        if not queue and held[rank] == 0 and not stopped[rank]:
+            comm.send(None, dest=rank, tag=TAG_WORK)
+            stopped[rank] = True
+
+    def handle(msg: object, source: int, tag: int) -> None:
+        if tag == TAG_ERROR:
+            comm.remote_failure(msg)  # type: ignore[arg-type]
+        unit, values, elapsed = msg  # type: ignore[misc]
+        held[source] -= 1
+        rates[source].update(len(unit), elapsed)
+        if root_writes and write is not None:
+            write(unit, values)
+        if on_values is not None:
+            on_values(unit, values)
+        if progress is not None:
+            progress.add(len(unit))
+        feed(source)
+
+    def service() -> None:
+        while comm.size > 1 and comm.iprobe():
+            handle(*comm.recv())
+
+    for rank in range(1, n):
+        feed(rank)
+    while queue:
+        unit = next_unit(0)
+        t0 = time.monotonic()
+        values = evaluate(unit, service)
+        if write is not None:
+            write(unit, values)
+        elapsed = time.monotonic() - t0
+        rates[0].update(len(unit), elapsed)
+        stats.busy_s += elapsed
+        stats.points += len(unit)
+        stats.units += 1
+        if on_values is not None:
+            on_values(unit, values)
+        if progress is not None:
+            progress.add(len(unit))
+    for rank in range(1, n):
+        feed(rank)  # stop the idle ones now
+    while not all(stopped[1:]):
+        handle(*comm.recv())
+    stats.wall_s = time.monotonic() - t_start
+    return [stats]
