@@ -34,7 +34,7 @@ class SlurmOptions:
     job_name: str = "distland"
     nodes: int = 1
     ntasks_per_node: int = 1        # MPI ranks per node: one per GPU
-    gpus_per_task: int = 1          # 0 = CPU-only (no GPU request at all)
+    gpus_per_task: int = 1          # 0 = CPU-only; with mpirun, requested per node (see render_sbatch)
     cpus_per_task: int = 1          # cores per rank; also each rank's OMP_NUM_THREADS
     time: str = "01:00:00"          # HH:MM:SS or D-HH:MM:SS
     account: str = ""               # "" = your default account
@@ -267,7 +267,9 @@ def render_sbatch(config_path: str, opts: SlurmOptions, overrides: Sequence[str]
         out.append(f"#SBATCH --ntasks={opts.nodes * opts.ntasks_per_node}")
     else:
         out.append(f"#SBATCH --ntasks-per-node={opts.ntasks_per_node}")
-    if opts.gpus_per_task:
+    if opts.gpus_per_task and opts.launcher == "mpirun":
+        out.append(f"#SBATCH --gpus-per-node={opts.gpus_per_task * opts.ntasks_per_node}")
+    elif opts.gpus_per_task:
         out.append(f"#SBATCH --gpus-per-task={opts.gpus_per_task}")
     out += [f"#SBATCH --cpus-per-task={opts.cpus_per_task}", f"#SBATCH --time={q(opts.time)}"]
     if opts.account:
@@ -300,7 +302,7 @@ def render_sbatch(config_path: str, opts: SlurmOptions, overrides: Sequence[str]
     argv = " ".join(_distland_argv(opts.command, config_path, overrides))
     if opts.launcher == "srun":
         out += [
-            "# --cpus-per-task again: since SLURM 22.05, srun no longer inherits it from sbatch.",
+            "# --cpus-per-task again: some SLURM versions (22.05, for one) do not pass sbatch's value on to srun.",
             "# --kill-on-bad-exit: one failed rank ends the step instead of leaving the others waiting in MPI.",
             f"srun --mpi={opts.mpi} --kill-on-bad-exit=1 --cpus-per-task={opts.cpus_per_task} {argv}",
         ]
@@ -311,7 +313,11 @@ def render_sbatch(config_path: str, opts: SlurmOptions, overrides: Sequence[str]
             "# OMP_NUM_THREADS threads of a rank onto one core.",
         ]
         if opts.gpus_per_task:
-            out.append("# Ranks started by mpirun see all GPUs of their node; distland picks cuda:<node-local rank>.")
+            out += [
+                "# GPUs are requested per node above: mpirun's daemon on each node is a single SLURM task, and",
+                "# --gpus-per-task would leave it, and so every rank it starts, one GPU. Each rank sees all GPUs of",
+                "# its node and distland picks cuda:<node-local rank>.",
+            ]
         out.append(f'mpirun -np "$SLURM_NTASKS" --bind-to none {argv}')
     return "\n".join(out) + "\n"
 

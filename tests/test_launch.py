@@ -11,6 +11,7 @@ import argparse
 import builtins
 import os
 import shlex
+import subprocess
 from pathlib import Path
 from typing import List
 
@@ -94,10 +95,16 @@ def test_script_basics() -> None:
         assert f"#SBATCH {directive}" in lines
     assert any(ln.startswith("export OMP_NUM_THREADS=7") for ln in lines)
     assert "set -euo pipefail" in lines
-    assert "pitfall" in script.lower() and "SLURM_STEP_NUM_TASKS" not in script   # explained in words
+    assert "pitfall" in script.lower() and "--mpi=list" in script
     # sbatch reads #SBATCH lines only until the first command.
     first_command = next(i for i, ln in enumerate(lines) if ln and not ln.startswith("#"))
     assert all(i < first_command for i, ln in enumerate(lines) if ln.startswith("#SBATCH"))
+
+
+def test_mpirun_requests_gpus_per_node() -> None:
+    lines = render_sbatch("c.yaml", SlurmOptions(launcher="mpirun", ntasks_per_node=8, gpus_per_task=1)).splitlines()
+    assert "#SBATCH --gpus-per-node=8" in lines
+    assert not any(ln.startswith("#SBATCH --gpus-per-task") for ln in lines)
 
 
 def test_cpu_only_requests_no_gpus() -> None:
@@ -129,7 +136,7 @@ def test_path_with_spaces_is_quoted() -> None:
     opts = SlurmOptions(env={"RUN_NAME": "a b"}, modules=["cuda 12"])
     script = render_sbatch(config, opts, ["output=/data/my runs/out.h5"])
     words = shlex.split(command_line(script, "srun"))
-    assert words[-4:] == [config, "--set", "output=/data/my runs/out.h5"][-4:] and config in words
+    assert words[-4:] == ["surface", config, "--set", "output=/data/my runs/out.h5"]
     assert shlex.quote(config) in script
     assert "export RUN_NAME='a b'" in script
     assert "module load 'cuda 12'" in script
@@ -325,3 +332,19 @@ def test_cli_submit_without_sbatch(config: str, monkeypatch: pytest.MonkeyPatch,
     args = cli(["launch", "slurm", config, "--submit"])
     assert args.func(args) == 1
     assert "sbatch not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ shell files
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["launch/distland.sbatch", "launch/mpirun.sh", ".ci/slurm_up.sh", ".ci/slurm_down.sh"])
+def test_shell_files_parse(name: str) -> None:
+    done = subprocess.run(["bash", "-n", str(ROOT / name)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_mpirun_wrapper_rejects_bad_usage() -> None:
+    for argv in ([], ["configs/x.yaml"], ["-np", "0", "c.yaml"], ["-np", "2", "--bogus", "c.yaml"]):
+        done = subprocess.run(["bash", str(ROOT / "launch" / "mpirun.sh"), *argv], capture_output=True, text=True)
+        assert done.returncode == 2, (argv, done.stderr)

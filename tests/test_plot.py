@@ -169,7 +169,7 @@ def test_levels_ignore_outliers_and_accept_overrides(tmp_path):
                               overrides={(0, 0): 1e12, (14, 10): np.inf}))
     v = values(data, "train_loss", False)
     lo, hi = value_range([v], PlotOptions())
-    assert lo == pytest.approx(np.nanmin(v)) and hi < 10
+    assert np.nanmin(v) - 0.5 < lo <= np.nanmin(v) and hi < 10
     assert value_range([v], PlotOptions(vmin=0.2, vmax=3.0)) == (0.2, 3.0)
     llo, lhi = value_range([values(data, "train_loss", True)], PlotOptions(log=True, vmin=0.1, vmax=10))
     assert (llo, lhi) == pytest.approx((-1.0, 1.0))
@@ -192,7 +192,7 @@ def test_comparison_panels_share_one_colour_scale(tmp_path, kind):
     norms = {(m.norm.vmin, m.norm.vmax) for m in mappables}
     assert len(norms) == 1
     vmin, vmax = norms.pop()
-    assert vmin == pytest.approx(paraboloid(X, Y[:, None]).min()) and vmax == pytest.approx(3 * paraboloid(1.0, 1.5))
+    assert vmin <= paraboloid(X, Y[:, None]).min() and vmax >= 3 * paraboloid(1.0, 1.5) - 1e-9
     if kind == "contourf":
         np.testing.assert_array_equal(mappables[0].levels, mappables[1].levels)
     assert_image(save(fig, str(tmp_path / f"cmp_{kind}.png")))
@@ -338,7 +338,7 @@ def test_cli_compares_several_files_and_plots_1d(surf, curve, tmp_path, capsys):
 
 def test_cli_errors_are_clear(surf, curve, tmp_path, capsys):
     rc, io = _run([str(tmp_path / "nope.h5")], capsys)
-    assert rc == 1 and "nope.h5" in io.err and "not found" in io.err or "no such file" in io.err
+    assert rc == 1 and "no such file" in io.err and "nope.h5" in io.err
     junk = tmp_path / "junk.h5"
     junk.write_text("not hdf5")
     rc, io = _run([str(junk)], capsys)

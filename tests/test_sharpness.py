@@ -93,6 +93,10 @@ def test_two_d_basin_area():
     assert r["basin_radius"] == pytest.approx(math.sqrt(tau), abs=h)
     assert r["basin_area_fraction"] == pytest.approx(math.pi * tau / 4, rel=0.05)
     assert r["basin_open"] == 0.0
+    # A basin larger than the grid covers exactly the grid's area, as a lower bound.
+    whole = sharpness_report(surface(x, np.linspace(0, 0.5, 11), lambda x, y: 0 * x + 0 * y), threshold=tau)
+    assert whole["basin_area"] == pytest.approx(2 * 0.5) and whole["basin_area_fraction"] == pytest.approx(1.0)
+    assert whole["basin_open"] == 1.0 and whole["basin_points"] == 101 * 11
 
 
 def test_basin_is_the_connected_component_only():

@@ -28,8 +28,10 @@ counted (``n_valid``, ``n_diverged``, ``n_pending``).
   O(h²). ``width_x`` = hi − lo with ends ``width_x_lo``/``width_x_hi``; ``width_x_open`` = 1 when the walk ended at
   the grid edge or at an invalid point (the width is then a lower bound). In 2-D, the basin region is the
   4-connected set of valid grid points with L − L_c ≤ τ that contains the corner(s) of c's cell; ``basin_area`` =
-  (points) · Δα · Δβ, ``basin_area_fraction`` = points / grid points, ``basin_radius`` = √(area / π) (the radius of
-  a disc of equal area), ``basin_open`` = 1 when the region touches the grid edge or a pending point.
+  Σ w_i w_j · Δα · Δβ over its points, with trapezoid weights (w = ½ on the grid's edge rows/columns, 1 inside, so
+  the whole grid has exactly its true area), ``basin_points`` their number, ``basin_area_fraction`` = area / grid
+  area, ``basin_radius`` = √(area / π) (the radius of a disc of equal area), ``basin_open`` = 1 when the region
+  touches the grid edge or a pending point.
 - **Barrier** (1-D interpolation surfaces, ``config.directions.kind == "interp"``): with L(0), L(1) read or linearly
   interpolated at α = 0 and 1, barrier = max over α ∈ [0, 1] of L(α) − [(1 − α)L(0) + αL(1)] over valid grid points
   and both ends (so it is ≥ 0); ``barrier_alpha`` is where. A diverged point in [0, 1] makes it inf.
@@ -235,10 +237,11 @@ def basin_region(x: np.ndarray, y: np.ndarray, values: np.ndarray, done: Optiona
     for s in seeds:
         seen[s] = True
     nx, ny = values.shape
-    count, open_ = 0, False
+    count, weight, open_ = 0, 0.0, False
     while queue:   # breadth-first flood fill; grids are at most ~10⁶ points
         i, j = queue.popleft()
         count += 1
+        weight += (0.5 if i in (0, nx - 1) else 1.0) * (0.5 if j in (0, ny - 1) else 1.0)
         if i in (0, nx - 1) or j in (0, ny - 1):
             open_ = True
         for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)):
@@ -248,10 +251,12 @@ def basin_region(x: np.ndarray, y: np.ndarray, values: np.ndarray, done: Optiona
                     queue.append((a, b))
                 elif pending[a, b]:
                     open_ = True
-    cell = (np.ptp(x) / (nx - 1)) * (np.ptp(y) / (ny - 1)) if nx > 1 and ny > 1 else math.nan
-    area = count * cell
-    return {"basin_points": float(count), "basin_area": area, "basin_area_fraction": count / values.size,
-            "basin_radius": math.sqrt(area / math.pi) if area == area else math.nan, "basin_open": float(open_)}
+    if nx < 2 or ny < 2:
+        return {"basin_points": float(count), "basin_area": math.nan, "basin_area_fraction": math.nan,
+                "basin_radius": math.nan, "basin_open": float(open_)}
+    area = weight * (np.ptp(x) / (nx - 1)) * (np.ptp(y) / (ny - 1))
+    return {"basin_points": float(count), "basin_area": area, "basin_area_fraction": area / (np.ptp(x) * np.ptp(y)),
+            "basin_radius": math.sqrt(area / math.pi), "basin_open": float(open_)}
 
 
 def lmc_barrier(alpha: np.ndarray, values: np.ndarray, done: Optional[np.ndarray] = None) -> Report:

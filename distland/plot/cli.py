@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
-from .common import KINDS, KINDS_2D, METRICS, PlotError, PlotOptions, stem
+from .common import KINDS, KINDS_2D, METRICS, PlotError, PlotOptions, load, pick_metric, stem
 
 FORMATS = ("png", "pdf", "svg")
 
@@ -18,7 +18,8 @@ DESCRIPTION = """\
 Render surface files written by `distland surface` (or by the paper authors' tool).
 One file: one figure per kind. Several files: one comparison figure per kind, a panel per file, all on the same
 colour scale. Exports (--vtk, --xdmf, --html) are written for every file. Output names are
-STEM_KIND_METRIC[_log].FORMAT; each path is printed when written."""
+STEM_KIND_METRIC[_log].FORMAT (comparisons: compare_STEM1_STEM2_...), STEM_METRIC[_log].vts|.html and
+STEM.xmf; each path is printed as it is written."""
 
 
 def _kinds(text: str) -> List[str]:
@@ -71,9 +72,9 @@ def add_subcommand(subparsers: Any) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``distland plot``; 0 on success, 1 with a one-line message on a user error."""
     try:
-        for path in plot_files(args.surfaces, options_from_args(args), kinds=args.kinds, out=args.out,
-                               trajectory=args.trajectory, vtk=args.vtk, xdmf=args.xdmf, html=args.html):
-            print(f"wrote {path}", flush=True)
+        plot_files(args.surfaces, options_from_args(args), kinds=args.kinds, out=args.out,
+                   trajectory=args.trajectory, vtk=args.vtk, xdmf=args.xdmf, html=args.html,
+                   on_write=lambda path: print(f"wrote {path}", flush=True))
     except PlotError as e:
         print(f"distland plot: error: {e}", file=sys.stderr)
         return 1
@@ -93,10 +94,12 @@ def _name(stems: Sequence[str], kind: str, metric: Optional[str], opts: PlotOpti
 
 def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence[str]] = None,
                out: Optional[str] = None, trajectory: Optional[str] = None, vtk: bool = False, xdmf: bool = False,
-               html: bool = False) -> List[str]:
-    """Everything ``distland plot`` does, as a function: returns the paths written, in order."""
-    from . import export, surface
-    from .common import load, pick_metric
+               html: bool = False, on_write: Optional[Callable[[str], None]] = None) -> List[str]:
+    """Everything ``distland plot`` does, as a function: returns the paths written, in order.
+
+    ``on_write`` is called with each path as soon as it is written (big grids take a while per figure).
+    """
+    from . import export, surface            # matplotlib, plotly and h5py load here, not for `--help`
     from .trajectory import read_trajectory
 
     datas = [load(p) for p in paths]        # every input checked before anything is written
@@ -118,6 +121,12 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
     os.makedirs(out_dir, exist_ok=True)
     stems = [stem(p) for p in paths]
     written: List[str] = []
+
+    def wrote(path: str) -> None:
+        written.append(path)
+        if on_write is not None:
+            on_write(path)
+
     for kind in kinds:
         if len(datas) == 1:
             fig = surface.plot_1d(datas[0], opts) if kind == "1d" else \
@@ -126,14 +135,14 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
             fig = surface.plot_compare(datas, kind, opts)
         metric = opts.metric if kind == "1d" else pick_metric(datas[0], opts.metric)
         path = os.path.join(out_dir, _name(stems, kind, metric, opts) + "." + opts.fmt)
-        written.append(surface.save(fig, path, opts.dpi))
+        wrote(surface.save(fig, path, opts.dpi))
     for data, name in zip(datas, stems):
         metric = pick_metric(data, opts.metric)
         tag = "_".join([name, metric] + (["log"] if opts.log else []))
         if vtk:
-            written.append(export.export_vts(data, os.path.join(out_dir, tag), opts))
+            wrote(export.export_vts(data, os.path.join(out_dir, tag), opts))
         if xdmf:
-            written.append(export.export_xdmf(data, os.path.join(out_dir, name + ".xmf")))
+            wrote(export.export_xdmf(data, os.path.join(out_dir, name + ".xmf")))
         if html:
-            written.append(export.export_html(data, os.path.join(out_dir, tag + ".html"), opts))
+            wrote(export.export_html(data, os.path.join(out_dir, tag + ".html"), opts))
     return written

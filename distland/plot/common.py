@@ -55,7 +55,9 @@ def load(path: str) -> Any:
     except PlotError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as e:
-        raise PlotError(f"{path} is not a surface file: {e}") from e
+        # The reader's own errors already name the file and say why; others need the context.
+        msg = str(e) if os.path.basename(path) in str(e) else f"{path} is not a surface file: {e}"
+        raise PlotError(msg) from e
     if not data.metrics:
         raise PlotError(f"{path} is not a surface file: it has none of {', '.join(METRICS)}")
     if not np.any(data.done):
@@ -107,7 +109,7 @@ def plane(data: Any, metric: str, log: bool) -> np.ma.MaskedArray:
     return np.ma.masked_invalid(v.T)
 
 
-def value_range(arrays: Sequence[np.ndarray], opts: PlotOptions) -> Tuple[float, float]:
+def value_range(arrays: Sequence[np.ndarray], opts: PlotOptions, where: str = "") -> Tuple[float, float]:
     """Colour / level range in plotting space, shared by all ``arrays`` (already transformed, NaN = gap).
 
     The top defaults to the largest finite value unless that is an outlier far above the 95th percentile (a
@@ -116,7 +118,7 @@ def value_range(arrays: Sequence[np.ndarray], opts: PlotOptions) -> Tuple[float,
     finite = np.concatenate([np.ma.filled(np.ma.asarray(a, dtype=np.float64), np.nan).ravel() for a in arrays])
     finite = finite[np.isfinite(finite)]
     if finite.size == 0:
-        raise PlotError("no finite values to plot (every point done so far diverged)")
+        raise PlotError(f"{where or 'surface'}: no finite values to plot (every point done so far diverged)")
     lo = transform_scalar(opts.vmin, opts.log, "vmin")
     hi = transform_scalar(opts.vmax, opts.log, "vmax")
     if lo is None:
@@ -135,13 +137,34 @@ def value_range(arrays: Sequence[np.ndarray], opts: PlotOptions) -> Tuple[float,
             lo = hi - 2 * pad
         else:
             lo, hi = lo - pad, hi + pad
+    # Bounds the user did not set are widened to a multiple of a round step, so the levels are round numbers.
+    step = nice_step(lo, hi, opts.n_levels)
+    if opts.vmin is None:
+        lo = math.floor(lo / step + 1e-9) * step
+    if opts.vmax is None:
+        hi = math.ceil(hi / step - 1e-9) * step
     return lo, hi
 
 
+def nice_step(lo: float, hi: float, n: int) -> float:
+    """The smallest step of the form {1, 2, 2.5, 5} × 10^k that spans [lo, hi] in at most ``n - 1`` steps."""
+    raw = (hi - lo) / max(n - 1, 1)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    return next(s * mag for s in (1.0, 2.0, 2.5, 5.0, 10.0) if s * mag >= raw * (1 - 1e-9))
+
+
 def contour_levels(lo: float, hi: float, n: int) -> np.ndarray:
-    """``n`` evenly spaced levels from ``lo`` to ``hi`` (predictable: explicit bounds are kept exactly)."""
+    """About ``n`` contour levels from ``lo`` to ``hi``.
+
+    Round-numbered when both ends sit on a round step (automatic bounds do), else evenly spaced with the ends kept
+    exactly, so user bounds are respected.
+    """
     if n < 2:
         raise PlotError(f"--levels must be at least 2, got {n}")
+    step = nice_step(lo, hi, n)
+    k, first = (hi - lo) / step, lo / step
+    if abs(k - round(k)) < 1e-6 and abs(first - round(first)) < 1e-6:
+        return (round(first) + np.arange(round(k) + 1)) * step
     return np.linspace(lo, hi, n)
 
 

@@ -58,8 +58,8 @@ def export_vts(data: Any, base: str, opts: PlotOptions) -> str:
         point_data[name] = grid(values(data, name, False).reshape(nx, ny))
     point_data["done"] = grid(np.asarray(data.done, dtype=np.uint8).reshape(nx, ny))
     point_data["valid"] = grid(valid.astype(np.uint8))
-    out = hl.gridToVTK(base, grid(xs), grid(ys), grid(height), pointData=point_data)
-    return str(out)
+    hl.gridToVTK(base, grid(xs), grid(ys), grid(height), pointData=point_data)
+    return base + ".vts"
 
 
 # ----------------------------------------------------------------------------------------------- XDMF sidecar
@@ -143,7 +143,7 @@ def export_html(data: Any, path: str, opts: PlotOptions) -> str:
     go = _require("plotly.graph_objects", "plotly", "the interactive HTML export (--html)")
     metric = pick_metric(data, opts.metric)
     v = values(data, metric, opts.log)
-    lo, hi = value_range([v], opts)
+    lo, hi = value_range([v], opts, f"{data.path} {metric}")
     label = f"log10({metric})" if opts.log else metric_label(metric, False)
     x = np.asarray(data.x, dtype=np.float64)
     if data.y is None:

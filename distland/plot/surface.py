@@ -6,6 +6,7 @@ any number of figures can be made in one process without leaking.
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -51,6 +52,8 @@ def draw_2d(ax: Any, data: Any, kind: str, metric: str, opts: PlotOptions, lo: f
     _check_2d(data, kind)
     x, y = np.asarray(data.x, dtype=np.float64), np.asarray(data.y, dtype=np.float64)
     z = plane(data, metric, opts.log)               # (ny, nx), masked gaps
+    if z.count() == 0:
+        raise PlotError(f"{data.path}: no finite {metric} values to draw")
     norm = colors.Normalize(vmin=lo, vmax=hi)
     if kind == "contour":
         levels = contour_levels(lo, hi, opts.n_levels)
@@ -76,6 +79,8 @@ def draw_2d(ax: Any, data: Any, kind: str, metric: str, opts: PlotOptions, lo: f
     if kind != "surface3d":
         ax.set_xlim(x.min(), x.max())
         ax.set_ylim(y.min(), y.max())
+    for axis in (ax.xaxis, ax.yaxis):       # few ticks: side-by-side panels are narrow
+        axis.set_major_locator(ticker.MaxNLocator(5))
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     return m
@@ -95,7 +100,7 @@ def plot_2d(data: Any, kind: str, opts: PlotOptions, trajectory: Optional[Trajec
     """One 2-D plot of one surface file, optionally with a trajectory over it (planar kinds only)."""
     _check_2d(data, kind)
     metric = pick_metric(data, opts.metric)
-    lo, hi = value_range([values(data, metric, opts.log)], opts)
+    lo, hi = value_range([values(data, metric, opts.log)], opts, f"{data.path} {metric}")
     fig = Figure(figsize=(7.0, 5.6), layout="constrained")
     ax = _axes(fig, kind, 1, 1, 1)
     m = draw_2d(ax, data, kind, metric, opts, lo, hi)
@@ -108,7 +113,7 @@ def plot_2d(data: Any, kind: str, opts: PlotOptions, trajectory: Optional[Trajec
     return fig
 
 
-def _draw_1d(ax: Any, data: Any, opts: PlotOptions) -> None:
+def _draw_1d(ax: Any, data: Any, opts: PlotOptions) -> Optional[Any]:
     """Loss on ``ax`` and accuracy on a twin axis, train solid and test dashed; gaps where not done or diverged."""
     x = np.asarray(data.x, dtype=np.float64)
     wanted = [opts.metric] if opts.metric else [m for m in METRICS if m in data.metrics]
@@ -134,11 +139,12 @@ def _draw_1d(ax: Any, data: Any, opts: PlotOptions) -> None:
             _limit_1d(acc_ax, data, accs, opts)
     ax.set_xlabel("x")
     ax.legend(handles=handles, loc="best", fontsize=8)
+    return acc_ax if acc_ax is not ax else None
 
 
 def _limit_1d(ax: Any, data: Any, names: Sequence[str], opts: PlotOptions) -> None:
     """Apply --vmin/--vmax, or cut off outliers (a diverged end would otherwise flatten the curve)."""
-    lo, hi = value_range([values(data, n, opts.log) for n in names], opts)
+    lo, hi = value_range([values(data, n, opts.log) for n in names], opts, data.path)
     top = max(float(np.nanmax(values(data, n, opts.log))) for n in names)
     if opts.vmin is None and opts.vmax is None and hi >= top:
         return                              # no outliers and no user bounds: matplotlib's own margins are best
@@ -175,24 +181,28 @@ def plot_compare(datas: Sequence[Any], kind: str, opts: PlotOptions) -> Figure:
         if kind != "1d":
             raise PlotError(f"these surfaces are 1-D: compare them with --kinds 1d, not {kind}")
         fig = Figure(figsize=(4.6 * cols, 3.8 * rows), layout="constrained")
-        first = None
+        first, first_acc = None, None
         for k, d in enumerate(datas):
             ax = fig.add_subplot(rows, cols, k + 1, sharey=first)
             first = first or ax
-            _draw_1d(ax, d, opts)
+            acc = _draw_1d(ax, d, opts)
+            if acc is not None:             # accuracy axes shared too, or equal curves would look different
+                first_acc = first_acc or acc
+                if acc is not first_acc:
+                    acc.sharey(first_acc)
             ax.set_title(f"{stem(d.path)}: {model_name(d)}", fontsize=9)
-        fig.suptitle("comparison", fontsize=10)
+        fig.suptitle("comparison on shared axes", fontsize=10)
         return fig
     metric = opts.metric or pick_metric(datas[0], None)
     for d in datas:
         pick_metric(d, metric)
-    lo, hi = value_range([values(d, metric, opts.log) for d in datas], opts)
+    lo, hi = value_range([values(d, metric, opts.log) for d in datas], opts, ", ".join(d.path for d in datas))
     fig = Figure(figsize=(4.4 * cols + 1.2, 3.9 * rows), layout="constrained")
     axes, mappables = [], []
     for k, d in enumerate(datas):
         ax = _axes(fig, kind, rows, cols, k + 1)
         mappables.append(draw_2d(ax, d, kind, metric, opts, lo, hi))
-        ax.set_title(f"{stem(d.path)}: {model_name(d)}\n{describe(d)}", fontsize=7)
+        ax.set_title("\n".join([f"{stem(d.path)}: {model_name(d)}", *textwrap.wrap(describe(d), 55)]), fontsize=8)
         axes.append(ax)
     _colorbar(fig, mappables[0], axes, metric, opts)
     fig.suptitle(f"{metric_label(metric, opts.log)} — shared colour scale", fontsize=10)
