@@ -202,6 +202,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is str:
         if value is None:
             return ""
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans; our switches are strings
+            return "on" if value else "off"
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)

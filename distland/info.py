@@ -69,9 +69,13 @@ def describe_surface(path: str) -> str:
             lines.append(f"  {name}: min {np.nanmin(np.where(finite, values, np.nan)):.6g}  "
                          f"max {np.nanmax(np.where(finite, values, np.nan)):.6g}"
                          + (f"  ({int((data.done & ~finite).sum())} NaN/inf)" if (data.done & ~finite).any() else ""))
-    sharp = {k: v for k, v in data.attrs.items() if k.startswith("sharpness.")}
-    if sharp:
-        lines.append("  sharpness:")
-        lines.extend(f"    {k[len('sharpness.'):]}: {v:.6g}" if isinstance(v, float) else
-                     f"    {k[len('sharpness.'):]}: {v}" for k, v in sorted(sharp.items()))
+    from .analysis.sharpness import format_report, read_report, sharpness_report
+
+    report = read_report(data.attrs)
+    metric = str(data.attrs.get("sharpness.metric", ""))
+    if not report and data.done.any():
+        metric = next((m for m in data.metrics if m.endswith("_loss")), "")
+        report = sharpness_report(data, metric) if metric else {}  # computed now, not stored (file is read-only)
+    if report:
+        lines.extend("  " + line for line in format_report(report, metric).splitlines())
     return "\n".join(lines)

@@ -62,6 +62,7 @@ class Summary:
     ranks: int
     io: str
     stats: List[schedule.RankStats]
+    sharpness: str = ""
 
     def text(self) -> str:
         g = "×".join(map(str, self.grid))
@@ -75,6 +76,8 @@ class Summary:
         if self.nonfinite:
             lines.append(f"  warning: {self.nonfinite} point(s) have NaN/inf loss (the model diverged there); they "
                          "are stored as such and shown as gaps in plots")
+        if self.sharpness:
+            lines.extend("  " + line for line in self.sharpness.splitlines())
         return "\n".join(lines)
 
 
@@ -114,11 +117,15 @@ def data_digest(splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]) -> str:
 def _maybe_train(cfg: Config) -> None:
     # `train:` names the training config that produces the checkpoint (the demo uses it): train once, if missing.
     if cfg.train and cfg.checkpoint and not Path(cfg.checkpoint).exists():
-        from . import train as training
+        from .config import load
+        from .presets import HERE as PRESETS
+        from .train import TrainConfig, train
 
-        tcfg = training.load_train_config(cfg.train)
-        print(f"distland: {cfg.checkpoint} does not exist; training it first with {cfg.train}", file=sys.stderr)
-        produced = training.train(tcfg)
+        path = Path(cfg.train)
+        if not path.exists() and not path.is_absolute() and (PRESETS / path).is_file():
+            path = PRESETS / path  # a built-in preset's name (the demo)
+        print(f"distland: {cfg.checkpoint} does not exist; training it first with {path}", file=sys.stderr)
+        produced = train(load(TrainConfig, path))
         if not Path(cfg.checkpoint).exists():
             raise SurfaceError(f"training with {cfg.train} wrote {produced}, not the checkpoint {cfg.checkpoint}; "
                                "make `checkpoint` point at the training run's final.pt")
@@ -242,7 +249,8 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool) -> Optional[Summa
     progress = None
     if comm.is_root:
         progress = schedule.Progress(total=grid.size, done=grid.size - len(queue),
-                                     report=_report if cfg.sweep.progress else None)
+                                     report=_report if cfg.sweep.progress else None,
+                                     every=0.5 if sys.stderr.isatty() else 10.0)
     try:
         stats = schedule.run(comm, queue, evaluate, writer.write if writer is not None else None,
                              root_writes=(io == "root"), progress=progress, fixed_chunk=cfg.sweep.chunk)
@@ -297,5 +305,12 @@ def summarize(cfg: Config, grid: Grid, computed: int, seconds: float, ranks: int
             at["y"] = float(grid.y[idx[1]])
         minimum = {"metric": metric, "value": float(flat[idx]), "at": at}
     nonfinite = int(np.count_nonzero(data.done & ~np.isfinite(values)))
+    sharpness = ""
+    if data.complete:
+        from .analysis import format_report, sharpness_report, store_report
+
+        report = sharpness_report(data, metric)
+        store_report(cfg.output, report, metric)
+        sharpness = format_report(report, metric)
     return Summary(cfg.output, grid.shape, cfg.model, grid.size, computed, seconds, minimum, nonfinite, ranks, io,
-                   stats)
+                   stats, sharpness)

@@ -359,6 +359,11 @@ def test_cli_errors_are_clear(surf, curve, tmp_path, capsys):
         _run([surf, "--kinds", "pie"], capsys)
 
 
+def test_main_takes_an_argument_list(curve, tmp_path, capsys):
+    assert plot_cli.main([curve, "--out", str(tmp_path / "m")]) == 0
+    assert os.path.exists(tmp_path / "m" / "curve_1d.png") and "curve_1d.png" in capsys.readouterr().out
+
+
 def test_cli_module_does_not_import_matplotlib():
     code = "import sys, distland.plot.cli; sys.exit(1 if 'matplotlib' in sys.modules or 'plotly' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -81,6 +81,14 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``distland plot`` as a function of its arguments (``argv`` without the word ``plot``)."""
+    parser = argparse.ArgumentParser(prog="distland")
+    add_subcommand(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["plot", *(sys.argv[1:] if argv is None else argv)])
+    return run_cli(args)
+
+
 def options_from_args(args: argparse.Namespace) -> PlotOptions:
     return PlotOptions(metric=args.metric, log=args.log, vmin=args.vmin, vmax=args.vmax, levels=args.levels,
                        zmax=args.zmax, fmt=args.format, dpi=args.dpi)

@@ -109,14 +109,18 @@ def plane(data: Any, metric: str, log: bool) -> np.ma.MaskedArray:
     return np.ma.masked_invalid(v.T)
 
 
+def _finite(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    flat = np.concatenate([np.ma.filled(np.ma.asarray(a, dtype=np.float64), np.nan).ravel() for a in arrays])
+    return flat[np.isfinite(flat)]
+
+
 def value_range(arrays: Sequence[np.ndarray], opts: PlotOptions, where: str = "") -> Tuple[float, float]:
     """Colour / level range in plotting space, shared by all ``arrays`` (already transformed, NaN = gap).
 
     The top defaults to the largest finite value unless that is an outlier far above the 95th percentile (a
     diverged corner at 1e6 would flatten every contour into one colour), in which case the 95th percentile wins.
     """
-    finite = np.concatenate([np.ma.filled(np.ma.asarray(a, dtype=np.float64), np.nan).ravel() for a in arrays])
-    finite = finite[np.isfinite(finite)]
+    finite = _finite(arrays)
     if finite.size == 0:
         raise PlotError(f"{where or 'surface'}: no finite values to plot (every point done so far diverged)")
     lo = transform_scalar(opts.vmin, opts.log, "vmin")
@@ -166,6 +170,30 @@ def contour_levels(lo: float, hi: float, n: int) -> np.ndarray:
     if abs(k - round(k)) < 1e-6 and abs(first - round(first)) < 1e-6:
         return (round(first) + np.arange(round(k) + 1)) * step
     return np.linspace(lo, hi, n)
+
+
+SKEWED = 0.25   # median in the bottom quarter of the range: a flat basin inside steep walls
+
+
+def choose_levels(arrays: Sequence[np.ndarray], opts: PlotOptions, where: str = "") -> np.ndarray:
+    """Contour levels (and colour boundaries) for ``arrays`` in plotting space, shared by all of them.
+
+    Evenly spaced round numbers, except for a typical loss landscape (a flat basin inside steep walls, most values
+    near the bottom of the range) when no bounds are given: then the levels follow the quantiles of the finite
+    values, so the basin gets as many contours as the walls instead of one. The ends are always ``value_range``.
+    """
+    lo, hi = value_range(arrays, opts, where)
+    n = opts.n_levels
+    if n < 2:
+        raise PlotError(f"--levels must be at least 2, got {n}")
+    inside = _finite(arrays)
+    inside = inside[(inside >= lo) & (inside <= hi)]
+    if opts.vmin is None and opts.vmax is None and inside.size and np.median(inside) - lo < SKEWED * (hi - lo):
+        interior = [float(f"{q:.2g}") for q in np.quantile(inside, np.linspace(0, 1, n))[1:-1]]
+        levels = np.unique([lo, *(q for q in interior if lo < q < hi), hi])
+        if len(levels) >= max(3, n // 2):
+            return levels
+    return contour_levels(lo, hi, n)
 
 
 def metric_label(metric: str, log: bool) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
 
-from .common import (KINDS_2D, METRICS, PlotError, PlotOptions, contour_levels, describe, metric_label, model_name,
+from .common import (KINDS_2D, METRICS, PlotError, PlotOptions, choose_levels, describe, metric_label, model_name,
                      pick_metric, plane, stem, title, transform_scalar, value_range, values)
 from .trajectory import Trajectory, overlay_trajectory
 
@@ -43,25 +43,35 @@ def _extend(z: np.ma.MaskedArray, lo: float, hi: float) -> str:
     return {(False, False): "neither", (True, False): "min", (False, True): "max"}.get((below, above), "both")
 
 
-def draw_2d(ax: Any, data: Any, kind: str, metric: str, opts: PlotOptions, lo: float, hi: float) -> Any:
+def colour_norm(levels: np.ndarray) -> colors.Normalize:
+    """Linear over the levels' range when they are evenly spaced; else piecewise linear through them, so each
+    band between two levels gets an equal share of the colour map."""
+    steps = np.diff(levels)
+    if np.allclose(steps, steps[0], rtol=1e-6, atol=0):
+        return colors.Normalize(vmin=levels[0], vmax=levels[-1])
+    share = np.linspace(0.0, 1.0, len(levels))
+    return colors.FuncNorm((lambda v: np.interp(v, levels, share), lambda u: np.interp(u, share, levels)),
+                           vmin=levels[0], vmax=levels[-1])
+
+
+def draw_2d(ax: Any, data: Any, kind: str, metric: str, opts: PlotOptions, levels: np.ndarray) -> Any:
     """Draw one 2-D panel on ``ax`` (a 3-D axes for ``surface3d``) and return its colour mappable.
 
-    ``lo`` and ``hi`` are the colour range in plotting space; passing the same to several panels is what gives a
-    comparison one shared scale.
+    ``levels`` (from :func:`~distland.plot.common.choose_levels`, in plotting space) fix the contours and the
+    colour scale; passing the same to several panels is what gives a comparison one shared scale.
     """
     _check_2d(data, kind)
     x, y = np.asarray(data.x, dtype=np.float64), np.asarray(data.y, dtype=np.float64)
     z = plane(data, metric, opts.log)               # (ny, nx), masked gaps
     if z.count() == 0:
         raise PlotError(f"{data.path}: no finite {metric} values to draw")
-    norm = colors.Normalize(vmin=lo, vmax=hi)
+    lo, hi = float(levels[0]), float(levels[-1])
+    norm = colour_norm(levels)
     if kind == "contour":
-        levels = contour_levels(lo, hi, opts.n_levels)
         m = ax.contour(x, y, z, levels=levels, cmap=CMAP, norm=norm, linewidths=1.0)
         if len(m.levels):
             ax.clabel(m, m.levels[::2], inline=True, fontsize=7, fmt=_formatter(opts.log))
     elif kind == "contourf":
-        levels = contour_levels(lo, hi, opts.n_levels + 1)
         m = ax.contourf(x, y, z, levels=levels, cmap=CMAP, norm=norm, extend=_extend(z, lo, hi))
     elif kind == "heatmap":
         # 'nearest' centres each cell on its grid point, so cell (i, j) shows exactly the value at (x_i, y_j).
@@ -100,10 +110,10 @@ def plot_2d(data: Any, kind: str, opts: PlotOptions, trajectory: Optional[Trajec
     """One 2-D plot of one surface file, optionally with a trajectory over it (planar kinds only)."""
     _check_2d(data, kind)
     metric = pick_metric(data, opts.metric)
-    lo, hi = value_range([values(data, metric, opts.log)], opts, f"{data.path} {metric}")
+    levels = choose_levels([values(data, metric, opts.log)], opts, f"{data.path} {metric}")
     fig = Figure(figsize=(7.0, 5.6), layout="constrained")
     ax = _axes(fig, kind, 1, 1, 1)
-    m = draw_2d(ax, data, kind, metric, opts, lo, hi)
+    m = draw_2d(ax, data, kind, metric, opts, levels)
     if trajectory is not None:
         if kind == "surface3d":
             raise PlotError("a trajectory can be drawn on contour, contourf or heatmap plots, not surface3d")
@@ -196,12 +206,12 @@ def plot_compare(datas: Sequence[Any], kind: str, opts: PlotOptions) -> Figure:
     metric = opts.metric or pick_metric(datas[0], None)
     for d in datas:
         pick_metric(d, metric)
-    lo, hi = value_range([values(d, metric, opts.log) for d in datas], opts, ", ".join(d.path for d in datas))
+    levels = choose_levels([values(d, metric, opts.log) for d in datas], opts, ", ".join(d.path for d in datas))
     fig = Figure(figsize=(4.4 * cols + 1.2, 3.9 * rows), layout="constrained")
     axes, mappables = [], []
     for k, d in enumerate(datas):
         ax = _axes(fig, kind, rows, cols, k + 1)
-        mappables.append(draw_2d(ax, d, kind, metric, opts, lo, hi))
+        mappables.append(draw_2d(ax, d, kind, metric, opts, levels))
         ax.set_title("\n".join([f"{stem(d.path)}: {model_name(d)}", *textwrap.wrap(describe(d), 55)]), fontsize=8)
         axes.append(ax)
     _colorbar(fig, mappables[0], axes, metric, opts)
