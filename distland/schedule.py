@@ -34,7 +34,8 @@ class RankStats:
     points: int = 0
     units: int = 0
     busy_s: float = 0.0
-    wait_s: float = 0.0
+    wait_s: float = 0.0       # blocked waiting for a unit while the queue still had work
+    tail_s: float = 0.0       # waiting for the stop message once the queue ran dry (others finishing)
     wall_s: float = 0.0
 
 
@@ -96,9 +97,10 @@ def _work(comm: Comm, evaluate: EvalChunk, write: Optional[Write]) -> RankStats:
     while True:
         t0 = time.monotonic()
         unit, _, _ = comm.recv(source=0, tag=TAG_WORK)
-        stats.wait_s += time.monotonic() - t0
         if unit is None:
+            stats.tail_s = time.monotonic() - t0
             break
+        stats.wait_s += time.monotonic() - t0
         t1 = time.monotonic()
         values = evaluate(unit, None)
         if write is not None:
@@ -109,7 +111,6 @@ def _work(comm: Comm, evaluate: EvalChunk, write: Optional[Write]) -> RankStats:
         stats.units += 1
         comm.send((unit, values, elapsed), dest=0, tag=TAG_DONE)
     stats.wall_s = time.monotonic() - t_start
-    # The final wait for the stop message is not idleness caused by the queue: the job is over for this rank.
     return stats
 
 

@@ -23,7 +23,7 @@ from matplotlib.collections import QuadMesh  # noqa: E402
 
 from distland.plot import PlotError, PlotOptions  # noqa: E402
 from distland.plot import cli as plot_cli  # noqa: E402
-from distland.plot.common import load, plane, value_range, values  # noqa: E402
+from distland.plot.common import choose_levels, load, plane, value_range, values  # noqa: E402
 from distland.plot.export import export_html, export_vts, export_xdmf  # noqa: E402
 from distland.plot.surface import plot_1d, plot_2d, plot_compare, save  # noqa: E402
 from distland.plot.trajectory import read_trajectory  # noqa: E402
@@ -178,6 +178,21 @@ def test_levels_ignore_outliers_and_accept_overrides(tmp_path):
     np.testing.assert_allclose(cs.levels, np.linspace(0.5, 3.0, 6))
     with pytest.raises(PlotError, match="vmin"):
         value_range([v], PlotOptions(vmin=3, vmax=1))
+
+
+def test_a_flat_basin_in_steep_walls_gets_quantile_levels(tmp_path):
+    data = load(write_surface(str(tmp_path / "basin.h5"), X, Y,
+                              {"train_loss": lambda a, b: 0.1 + 40 * (a ** 2 + b ** 2) ** 4}))
+    v = values(data, "train_loss", False)
+    levels = choose_levels([v], PlotOptions())
+    assert np.all(np.diff(levels) > 0) and levels[0] <= np.nanmin(v) and levels[-1] >= np.nanmax(v)
+    assert np.sum(levels < (levels[0] + levels[-1]) / 2) > len(levels) * 0.6    # crowded in the basin
+    fig = plot_2d(data, "heatmap", PlotOptions())
+    norm = fig.axes[0].collections[0].norm
+    np.testing.assert_allclose(norm(levels), np.linspace(0, 1, len(levels)), atol=1e-9)   # a colour per band
+    assert_image(save(fig, str(tmp_path / "basin.png")))
+    explicit = choose_levels([v], PlotOptions(vmin=0.0, vmax=40.0, levels=5))
+    np.testing.assert_allclose(explicit, [0, 10, 20, 30, 40])
 
 
 @pytest.mark.parametrize("kind", ["heatmap", "contourf"])

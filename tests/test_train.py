@@ -5,7 +5,7 @@ import argparse
 import csv
 import json
 from pathlib import Path
-from typing import List
+from typing import Sequence
 
 import pytest
 import torch
@@ -31,7 +31,7 @@ BASE = {
 }
 
 
-def make_config(tmp_path: Path, out: str, overrides: List[str] = ()) -> TrainConfig:
+def make_config(tmp_path: Path, out: str, overrides: Sequence[str] = ()) -> TrainConfig:
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(BASE))
     return load(TrainConfig, path, [f"out_dir={tmp_path / out}", *overrides])

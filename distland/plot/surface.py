@@ -84,7 +84,8 @@ def draw_2d(ax: Any, data: Any, kind: str, metric: str, opts: PlotOptions, level
         xx, yy = np.meshgrid(x, y)
         m = ax.plot_surface(xx, yy, heights, cmap=CMAP, norm=norm, rstride=1, cstride=1, linewidth=0,
                             antialiased=False)
-        ax.set_zlim(min(lo, float(np.nanmin(heights))), top)
+        bottom = min(lo, float(np.nanmin(heights)))
+        ax.set_zlim(bottom, max(top, bottom + 1e-9))     # a --zmax below the data must not invert the axis
         ax.zaxis.set_major_formatter(_formatter(opts.log))
     if kind != "surface3d":
         ax.set_xlim(x.min(), x.max())
@@ -100,8 +101,11 @@ def _axes(fig: Figure, kind: str, *pos: Any) -> Any:
     return fig.add_subplot(*pos, projection="3d" if kind == "surface3d" else None)
 
 
-def _colorbar(fig: Figure, mappable: Any, ax: Any, metric: str, opts: PlotOptions) -> None:
+def _colorbar(fig: Figure, mappable: Any, ax: Any, metric: str, opts: PlotOptions, levels: np.ndarray) -> None:
     cb = fig.colorbar(mappable, ax=ax, shrink=0.8, label=metric_label(metric, opts.log))
+    if type(mappable.norm) is not colors.Normalize:
+        # Uneven levels: ticks at (some of) the levels themselves, where a value locator would crowd one end.
+        cb.set_ticks(levels[::max(1, len(levels) // 8)])
     cb.formatter = _formatter(opts.log)
     cb.update_ticks()
 
@@ -118,7 +122,7 @@ def plot_2d(data: Any, kind: str, opts: PlotOptions, trajectory: Optional[Trajec
         if kind == "surface3d":
             raise PlotError("a trajectory can be drawn on contour, contourf or heatmap plots, not surface3d")
         overlay_trajectory(ax, trajectory)
-    _colorbar(fig, m, ax, metric, opts)
+    _colorbar(fig, m, ax, metric, opts, levels)
     fig.suptitle(title(data, metric, opts.log), fontsize=10)
     return fig
 
@@ -214,7 +218,7 @@ def plot_compare(datas: Sequence[Any], kind: str, opts: PlotOptions) -> Figure:
         mappables.append(draw_2d(ax, d, kind, metric, opts, levels))
         ax.set_title("\n".join([f"{stem(d.path)}: {model_name(d)}", *textwrap.wrap(describe(d), 55)]), fontsize=8)
         axes.append(ax)
-    _colorbar(fig, mappables[0], axes, metric, opts)
+    _colorbar(fig, mappables[0], axes, metric, opts, levels)
     fig.suptitle(f"{metric_label(metric, opts.log)} — shared colour scale", fontsize=10)
     return fig
 

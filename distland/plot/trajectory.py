@@ -23,7 +23,8 @@ class Trajectory:
 
     def axis_label(self, k: int) -> str:
         """``"PC1: 84.1%"`` when the explained variance is known, else ``"PC1"``."""
-        if self.explained_variance is None or len(self.explained_variance) <= k:
+        if self.explained_variance is None or len(self.explained_variance) <= k \
+                or not np.isfinite(self.explained_variance[k]):
             return f"PC{k + 1}"
         return f"PC{k + 1}: {100.0 * float(self.explained_variance[k]):.1f}%"
 
@@ -54,6 +55,10 @@ def read_trajectory(path: str) -> Trajectory:
 def overlay_trajectory(ax: Any, traj: Trajectory, max_labels: int = 12) -> None:
     """Draw the path with epoch markers, label every few epochs, star the lr drops and name the axes by PC."""
     c = traj.coords
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    # A path leaving the computed grid must still be shown whole, not silently cut at the plot's edge.
+    ax.set_xlim(min(x0, c[:, 0].min()), max(x1, c[:, 0].max()))
+    ax.set_ylim(min(y0, c[:, 1].min()), max(y1, c[:, 1].max()))
     ax.plot(c[:, 0], c[:, 1], "-o", color="black", markersize=3, linewidth=1.2, zorder=4, label="trajectory")
     ax.plot(c[0, 0], c[0, 1], "s", color="black", markersize=6, zorder=5)   # where training started
     # Label only every few epochs: a 200-epoch run labelled at each point is unreadable.

@@ -1,0 +1,89 @@
+"""Distributed sweep benchmark (issue: distributed sweeps), measured side by side in one run.
+
+1. Throughput with 1 vs 2 ranks on this machine's cores, one thread per rank (target ≥ 1.8×).
+2. Coordinator overhead: a trivial model on 8 and 16 oversubscribed ranks — units and points dispatched per second
+   and the fraction of wall time the ranks spent waiting for work while the queue still had some (target < 1%).
+
+Usage: ``python bench/throughput.py [--quick]`` (as root, the Open MPI root variables are set for you).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+
+
+def env() -> Dict[str, str]:
+    e = dict(os.environ, OMP_NUM_THREADS="1", OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_btl="self,vader",
+             PYTHONUNBUFFERED="1")
+    if os.geteuid() == 0:
+        e.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return e
+
+
+def run(ranks: int, config: Path, overrides: List[str]) -> dict:
+    cmd = [sys.executable, str(HERE / "sweep_stats.py"), str(config)]
+    for o in overrides:
+        cmd += ["--set", o]
+    if ranks > 1:
+        mpirun = shutil.which("mpirun")
+        if not mpirun:
+            raise SystemExit("mpirun not found: install OpenMPI (bash .ci/install.sh)")
+        cmd = [mpirun, "-np", str(ranks), "--bind-to", "none", *cmd]
+    out = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"benchmark run failed ({' '.join(cmd)}):\n{out.stderr[-3000:]}")
+    line = next(l for l in out.stdout.splitlines() if l.startswith("STATS "))
+    return json.loads(line[6:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller grids (for a smoke run)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="distland-bench-"))
+    n = 6 if args.quick else 10
+    heavy = tmp / "heavy.yaml"
+    heavy.write_text(yaml.safe_dump({
+        "model": "resnet20", "data": {"name": "synthetic", "max_samples": 256, "batch_size": 128},
+        "grid": {"x": [-1, 1, n], "y": [-1, 1, n]}, "output": str(tmp / "heavy.h5"),
+        "engine": {"threads": 1}, "sweep": {"progress": False}}))
+    print(f"== throughput: resnet20, 256 CIFAR-shaped images per point, {n}x{n} grid, 1 thread per rank")
+    one = run(1, heavy, [])
+    two = run(2, heavy, [f"output={tmp / 'heavy2.h5'}"])
+    r1, r2 = one["points"] / one["seconds"], two["points"] / two["seconds"]
+    print(f"1 rank : {r1:6.2f} points/s  ({one['seconds']:.1f} s)")
+    print(f"2 ranks: {r2:6.2f} points/s  ({two['seconds']:.1f} s)")
+    print(f"speed-up 2 vs 1 ranks: {r2 / r1:.2f}x  (target >= 1.8x)")
+
+    g = 25 if args.quick else 41
+    trivial = tmp / "trivial.yaml"
+    trivial.write_text(yaml.safe_dump({
+        "model": "mlp", "data": {"name": "digits", "max_samples": 16}, "grid": {"x": [-1, 1, g], "y": [-1, 1, g]},
+        "output": str(tmp / "trivial.h5"), "engine": {"threads": 1}, "sweep": {"progress": False}}))
+    print(f"\n== coordinator overhead: mlp on 16 samples (trivial), {g}x{g} = {g * g} points, oversubscribed")
+    for ranks in (8, 16):
+        res = run(ranks, trivial, [f"output={tmp / f'trivial{ranks}.h5'}"])
+        workers = [s for s in res["stats"] if s["rank"] != 0]
+        units = sum(s["units"] for s in res["stats"])
+        wait = sum(s["wait_s"] for s in workers)
+        wall = sum(s["wall_s"] for s in workers)
+        tail = sum(s["tail_s"] for s in workers)
+        print(f"{ranks:2d} ranks: {res['points'] / res['seconds']:8.1f} points/s, {units / res['seconds']:7.1f} "
+              f"units/s dispatched; workers waiting for work {100 * wait / wall:.2f}% of their wall time "
+              f"(+{100 * tail / wall:.2f}% at the end, waiting for others to finish)")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

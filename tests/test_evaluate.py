@@ -1,0 +1,237 @@
+"""The value at every grid point is the loss at θ* + x_i·δ + y_j·η, recomputed here with plain torch; BN folding and
+channels_last are exact; and filter normalization makes the surface blind to BN-compensated rescaling (the paper's
+reason for it)."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from distland import directions as D
+from distland.config import EngineConfig
+from distland.data import load_split
+from distland.engine import choose
+from distland.evaluate import Engine, SurfaceEvaluator, cross_entropy_eval, find_conv_bn_pairs
+from distland.models.demo import DemoCNN
+from distland.sweep import run_surface
+
+from conftest import SAMPLES, make_model, perturbed, plain_loss, save_checkpoint, small_config
+
+
+def _stored(path):
+    with h5py.File(path, "r") as f:
+        dirs = [{k: torch.from_numpy(np.asarray(f[f"directions/{a}/{k}"])) for k in f[f"directions/{a}"]}
+                for a in "xy" if f"directions/{a}" in f]
+        x = np.asarray(f["xcoordinates"])
+        y = np.asarray(f["ycoordinates"]) if "ycoordinates" in f else None
+        arrays = {k: np.asarray(f[k]) for k in ("train_loss", "train_acc", "done")}
+        attrs = dict(f.attrs)
+    return dirs, x, y, arrays, attrs
+
+
+# --------------------------------------------------------------------------------------------- point values
+@pytest.mark.parametrize("ndim", [2, 1])
+def test_point_values_equal_an_independent_recomputation(tmp_path, ndim, digits_train):
+    ckpt = save_checkpoint(tmp_path / "theta.pt", seed=4)
+    out = tmp_path / "s.h5"
+    grid = ["grid.x=[-1, 0, 3]", "grid.y=[0, 2, 4]"] if ndim == 2 else ["grid.x=[0, 3, 4]", "grid.y=null"]
+    cfg = small_config(out, f"checkpoint={ckpt}", "directions.seed=3", *grid)
+    summary = run_surface(cfg)
+    assert summary.computed == summary.points == (12 if ndim == 2 else 4)
+
+    dirs, x, y, arrays, _ = _stored(out)
+    expected_shape = (3, 4) if ndim == 2 else (4,)
+    assert arrays["train_loss"].shape == arrays["train_acc"].shape == arrays["done"].shape == expected_shape
+    assert arrays["done"].all()
+    np.testing.assert_array_equal(x, [-1.0, -0.5, 0.0] if ndim == 2 else [0.0, 1.0, 2.0, 3.0])
+    if ndim == 2:
+        np.testing.assert_allclose(y, [0.0, 2 / 3, 4 / 3, 2.0], rtol=0, atol=1e-15)
+    else:
+        assert y is None
+    assert len(dirs) == ndim
+
+    # Build the model ourselves, load θ*, move it by hand.
+    state = torch.load(ckpt, weights_only=True)
+    names = [k for k, _ in DemoCNN().named_parameters()]
+    for d in dirs:
+        assert sorted(d) == sorted(names)  # type: weights → one tensor per parameter
+        assert any(d[k].any() for k in names if d[k].dim() > 1)
+        assert not any(d[k].any() for k in names if d[k].dim() == 1)  # ignore: biasbn
+    theta = {k: state[k] for k in names}
+    inputs, targets = digits_train
+    assert len(targets) == SAMPLES
+    for i in range(len(x)):
+        for j in range(len(y) if ndim == 2 else 1):
+            coeffs = (x[i], y[j]) if ndim == 2 else (x[i],)
+            model = DemoCNN()
+            model.load_state_dict(state)
+            loss, acc = plain_loss(perturbed(model, theta, dirs, coeffs), inputs, targets)
+            at = (i, j) if ndim == 2 else (i,)
+            assert arrays["train_loss"][at] == pytest.approx(loss, rel=1e-5), at
+            assert arrays["train_acc"][at] == pytest.approx(acc, abs=1e-9), at
+    assert np.ptp(arrays["train_loss"]) > 1e-2  # the directions really move the loss
+    # at the origin the loss is θ*'s own
+    model = DemoCNN()
+    model.load_state_dict(state)
+    origin = (2, 0) if ndim == 2 else (0,)
+    assert arrays["train_loss"][origin] == pytest.approx(plain_loss(model, inputs, targets)[0], rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- engine exactness
+def _synthetic(n=12):
+    return load_split("synthetic", "train", n, num_samples=n)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "democnn"])
+def test_bn_folding_and_channels_last_are_exact(name, digits_train):
+    model = make_model(name, seed=6)
+    splits = {"train": _synthetic() if name == "resnet20" else digits_train}
+    ref = D.reference_weights(model, "weights")
+    dirs = D.make_random(ref, seed=2, norm="filter", ignore="biasbn", ndim=2)
+    points = [(0.0, 0.0), (0.4, -0.3), (-1.0, 0.7)]
+    results = {}
+    for fold in (False, True):
+        for cl in (False, True):
+            ev = SurfaceEvaluator(model, ref, dirs, splits, Engine(device="cpu", batch_size=8, channels_last=cl,
+                                                                    fold_bn=fold))
+            has_bn = any(isinstance(m, nn.BatchNorm2d) for m in ev.model.modules())
+            assert ev.engine.fold_bn == fold and has_bn == (not fold)  # folding really happened
+            results[(fold, cl)] = [ev.evaluate(p) for p in points]
+    # the plain path against a hand computation
+    x, y = splits["train"]
+    for p, got in zip(points, results[(False, False)]):
+        m = make_model(name, seed=6)
+        loss, acc = plain_loss(perturbed(m, ref, dirs, p), x, y)
+        assert got["train_loss"] == pytest.approx(loss, rel=1e-5)
+        assert got["train_acc"] == pytest.approx(acc)
+    base = results[(False, False)]
+    for key, rows in results.items():
+        for got, want in zip(rows, base):
+            assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5), key
+    losses = [r["train_loss"] for r in base]
+    assert max(losses) - min(losses) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["weights", "states"])
+def test_folding_is_disabled_when_a_direction_moves_batchnorm(kind, digits_train):
+    model = make_model("democnn", seed=7)
+    ref = D.reference_weights(model, kind)
+    dirs = D.make_random(ref, seed=1, norm="filter", ignore="none", ndim=1)
+    splits = {"train": digits_train}
+    requested = Engine(device="cpu", batch_size=64, fold_bn=True)
+    ev = SurfaceEvaluator(model, ref, dirs, splits, requested)
+    assert ev.engine.fold_bn is False
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in ev.model.modules()) == 2
+    plain = SurfaceEvaluator(model, ref, dirs, splits, Engine(device="cpu", batch_size=64, fold_bn=False))
+    x, y = digits_train
+    # small steps: a random step in running_var must keep it positive
+    for c in (0.0, 0.1, -0.15):
+        got = ev.evaluate((c,))["train_loss"]
+        assert np.isfinite(got)
+        assert got == pytest.approx(plain.evaluate((c,))["train_loss"], rel=1e-6)
+        assert got == pytest.approx(plain_loss(perturbed(make_model("democnn", seed=7), ref, dirs, (c,)), x, y)[0],
+                                    rel=1e-5)
+    # biasbn leaves BN alone: folding stays on
+    dirs_bb = D.make_random(ref, seed=1, norm="filter", ignore="biasbn", ndim=1)
+    assert SurfaceEvaluator(model, ref, dirs_bb, splits, Engine(device="cpu", fold_bn=True)).engine.fold_bn is True
+
+
+def test_recorded_engine_says_whether_bn_was_folded(tmp_path):
+    on = small_config(tmp_path / "on.h5", "grid.x=[-1, 1, 2]", "grid.y=null")
+    off = small_config(tmp_path / "off.h5", "grid.x=[-1, 1, 2]", "grid.y=null", "directions.ignore=none")
+    run_surface(on)
+    run_surface(off)
+    with h5py.File(tmp_path / "on.h5", "r") as f:
+        assert json.loads(f.attrs["engine"])["fold_bn"] is True
+    with h5py.File(tmp_path / "off.h5", "r") as f:
+        assert json.loads(f.attrs["engine"])["fold_bn"] is False
+
+
+def test_find_conv_bn_pairs_on_the_zoo():
+    _, pairs = find_conv_bn_pairs(make_model("democnn"))
+    assert pairs == [("features.0", "features.1"), ("features.3", "features.4")]
+    _, pairs = find_conv_bn_pairs(make_model("resnet20"))
+    names = dict(pairs)
+    assert names["conv1"] == "bn1" and names["layer1.0.conv2"] == "layer1.0.bn2"
+    assert names["layer2.0.shortcut.0"] == "layer2.0.shortcut.1"
+    _, pairs = find_conv_bn_pairs(make_model("mlp"))
+    assert pairs == []
+
+
+def test_engine_choice_rules():
+    auto = choose(EngineConfig(device="cpu", threads=1), input_ndim=4)
+    assert auto.device == "cpu" and auto.fold_bn and auto.channels_last and auto.batch_size == 128
+    assert not choose(EngineConfig(device="cpu", threads=1), input_ndim=2).channels_last
+    off = choose(EngineConfig(device="cpu", threads=3, fold_bn="off", channels_last="off"), batch_size=7)
+    assert not off.fold_bn and not off.channels_last and off.threads == 3 and off.batch_size == 7
+    assert choose(EngineConfig(device="cpu", threads=0), local_size=2, cores=8).threads >= 1
+
+
+def test_cross_entropy_eval_matches_plain_and_batches_do_not_matter(digits_train):
+    model = make_model("democnn", seed=1)
+    x, y = digits_train
+    want = plain_loss(model, x, y)
+    for bs in (1, 7, 1000):
+        loss, acc = cross_entropy_eval(model, x, y, bs)
+        assert loss == pytest.approx(want[0], rel=1e-6) and acc == pytest.approx(want[1])
+    with pytest.raises(ValueError, match="empty"):
+        cross_entropy_eval(model, x[:0], y[:0], 8)
+
+
+# --------------------------------------------------------------------------------------------- the paper's point
+def test_filter_normalization_removes_the_scale_invariance_artifact(tmp_path, digits_train):
+    """Scale conv1's weights by 10 and its BN statistics to match: the network computes the same function. The
+    filter-normalized surfaces of both checkpoints agree; the un-normalized ones do not."""
+    original = make_model("democnn", seed=11)
+    scaled = make_model("democnn", seed=11)
+    with torch.no_grad():
+        scaled.features[0].weight.mul_(10.0)
+        scaled.features[1].running_mean.mul_(10.0)
+        scaled.features[1].running_var.mul_(100.0)
+    x, y = digits_train
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(x), original(x), rtol=1e-4, atol=1e-4)  # same function
+    torch.save(original.state_dict(), tmp_path / "a.pt")
+    torch.save(scaled.state_dict(), tmp_path / "b.pt")
+
+    def surface(ckpt, norm):
+        out = tmp_path / f"{ckpt}_{norm}.h5"
+        cfg = small_config(out, f"checkpoint={tmp_path / ckpt}", f"directions.norm={norm}", "directions.seed=5",
+                           "grid.x=[-1, 1, 3]", "grid.y=[-1, 1, 3]")
+        run_surface(cfg)
+        with h5py.File(out, "r") as f:
+            return np.asarray(f["train_loss"])
+
+    fa, fb = surface("a.pt", "filter"), surface("b.pt", "filter")
+    na, nb = surface("a.pt", "none"), surface("b.pt", "none")
+    assert np.isfinite(fa).all() and np.isfinite(na).all()
+    np.testing.assert_allclose(fb, fa, rtol=1e-5, atol=1e-6)
+    assert np.ptp(fa) > 1e-2  # a non-trivial surface
+    assert np.max(np.abs(nb - na)) > 1e-2
+    assert np.max(np.abs(nb - na)) > 1000 * np.max(np.abs(fb - fa))
+
+
+# --------------------------------------------------------------------------------------------- interpolation
+def test_interpolation_surface_ends_at_both_checkpoints(tmp_path, digits_train):
+    a = save_checkpoint(tmp_path / "a.pt", seed=1)
+    b = save_checkpoint(tmp_path / "b.pt", seed=2)
+    out = tmp_path / "interp.h5"
+    cfg = small_config(out, f"checkpoint={a}", "directions.kind=interp", f"directions.target={b}",
+                       "directions.type=states", "grid.x=[0, 1, 3]", "grid.y=null")
+    run_surface(cfg)
+    dirs, xs, _, arrays, attrs = _stored(out)
+    np.testing.assert_array_equal(xs, [0.0, 0.5, 1.0])
+    assert json.loads(attrs["engine"])["fold_bn"] is False  # the direction moves BN statistics
+    x, y = digits_train
+    for ckpt, i in ((a, 0), (b, 2)):
+        model = DemoCNN()
+        model.load_state_dict(torch.load(ckpt, weights_only=True))
+        assert arrays["train_loss"][i] == pytest.approx(plain_loss(model, x, y)[0], rel=1e-5)
+    sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    for k, v in sa.items():
+        want = (sb[k] - v) if v.is_floating_point() else torch.zeros_like(v)
+        torch.testing.assert_close(dirs[0][k], want, rtol=0, atol=0)
