@@ -61,7 +61,8 @@ munge -S "$sock" -n | unmunge -S "$sock" >/dev/null || die "munged started but a
 host=$(hostname -s)
 # `slurmd -C` prints e.g. "NodeName=vm CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1
 # RealMemory=24105"; reuse its hardware fields verbatim so the declared node always matches the detected one.
-hw=$(slurmd -C | head -n 1 | tr ' ' '\n' | grep -E '^(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore|RealMemory)=' | tr '\n' ' ')
+fields='^(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore|RealMemory)='
+hw=$(slurmd -C | head -n 1 | tr ' ' '\n' | grep -E "$fields" | tr '\n' ' ')
 [ -n "$hw" ] || die "could not read the hardware description from 'slurmd -C'"
 
 cat > "$RUN/slurm.conf" <<EOF
@@ -89,6 +90,10 @@ SelectTypeParameters=CR_Core
 # A node that was down comes back by itself when its slurmd registers with a valid config.
 ReturnToService=2
 MailProg=/bin/true
+# sbatch --wait polls after 2 s, then every 8 s, and only goes on to 32 s while that is below MinJobAge/2.
+# 16 keeps test jobs from idling up to 30 s after they end, and still keeps each finished job's record for twice
+# the polling interval (a purged job makes sbatch --wait fail).
+MinJobAge=16
 StateSaveLocation=${RUN}/state
 SlurmdSpoolDir=${RUN}/spool
 SlurmctldPidFile=${RUN}/slurmctld.pid

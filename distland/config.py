@@ -6,6 +6,7 @@ text into every output file. The same machinery loads the training config (:mod:
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,8 @@ class Config:
         _choice("directions.norm", self.directions.norm, ("filter", "layer", "weight", "dfilter", "dlayer", "none"))
         _choice("directions.ignore", self.directions.ignore, ("biasbn", "none"))
         _choice("directions.type", self.directions.type, ("weights", "states"))
+        if not (self.engine.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.engine.device)):
+            raise ConfigError(f"engine.device: {self.engine.device!r} is not valid; choose auto, cpu, cuda or cuda:N")
         _choice("engine.channels_last", self.engine.channels_last, ("auto", "on", "off"))
         _choice("engine.fold_bn", self.engine.fold_bn, ("auto", "on", "off"))
         _choice("engine.compile", self.engine.compile, ("auto", "on", "off"))

@@ -24,6 +24,10 @@ def pick_device(setting: str, local_rank: int) -> str:
     if setting == "cpu":
         return "cpu"
     if setting.startswith("cuda:"):
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(setting[5:]) >= visible:
+            raise RuntimeError(f"engine.device is {setting!r} but this rank sees {visible} GPU(s) (check "
+                               "CUDA_VISIBLE_DEVICES); use engine.device: auto or cuda")
         return setting
     if torch.cuda.is_available() and torch.cuda.device_count() > 0:
         return f"cuda:{local_rank % torch.cuda.device_count()}"

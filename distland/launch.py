@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 LAUNCHERS = ("srun", "mpirun")
 
-_TIME = re.compile(r"(?:(\d+)-)?(\d{1,3}):([0-5]\d):([0-5]\d)")
+_TIME = re.compile(r"(?:\d+-)?\d{1,3}:[0-5]\d:[0-5]\d")
 _MEM = re.compile(r"\d+[KMGT]?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WORD = re.compile(r"[A-Za-z0-9_.-]+")
@@ -55,10 +55,9 @@ class SlurmOptions:
         self.check()
 
     def check(self) -> "SlurmOptions":
-        """Raise ValueError naming the first option that cannot go into a job script."""
-        hints = typing.get_type_hints(SlurmOptions)
-        for f in dataclasses.fields(self):
-            _check_type(f.name, hints[f.name], getattr(self, f.name))
+        """Raise ValueError naming the first option that cannot go into a job script; else return self."""
+        for name, tp in _HINTS.items():
+            _check_type(name, tp, getattr(self, name))
         for name in ("nodes", "ntasks_per_node", "cpus_per_task"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -92,6 +91,7 @@ class SlurmOptions:
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(SlurmOptions))
+_HINTS = typing.get_type_hints(SlurmOptions)   # field name -> resolved annotation, in field order
 
 
 def _kind(tp: Any) -> type:
@@ -172,11 +172,10 @@ def options_from_dict(d: Mapping[str, Any], base: Optional[SlurmOptions] = None)
 
     Unknown keys raise ValueError listing the valid ones; values are converted and checked.
     """
-    hints = typing.get_type_hints(SlurmOptions)
     for name in d:
-        if name not in hints:
+        if name not in _HINTS:
             raise _unknown(str(name))
-    values = {name: _coerce(name, hints[name], value) for name, value in d.items()}
+    values = {name: _coerce(name, _HINTS[name], value) for name, value in d.items()}
     return dataclasses.replace(base or SlurmOptions(), **values)
 
 
@@ -186,7 +185,6 @@ def parse_opts(items: Sequence[str]) -> Dict[str, Any]:
     Values stay text (converted by field type later). A list option repeats to append
     (``--opt modules=cuda --opt modules=openmpi``); ``env.NAME=value`` sets one variable.
     """
-    hints = typing.get_type_hints(SlurmOptions)
     out: Dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -194,9 +192,9 @@ def parse_opts(items: Sequence[str]) -> Dict[str, Any]:
         if not sep or not key:
             raise ValueError(f"--opt {item!r}: expected key=value, e.g. --opt time=02:00:00")
         name, dot, sub = key.partition(".")
-        if name not in hints:
+        if name not in _HINTS:
             raise _unknown(name)
-        kind = _kind(hints[name])
+        kind = _kind(_HINTS[name])
         if kind is dict:
             if not dot or not sub:
                 raise ValueError(f"--opt {item!r}: set one variable at a time: --opt {name}.NAME=value")

@@ -84,12 +84,13 @@ def check_existing(path: str, spec: SurfaceSpec, overwrite: bool) -> str:
     try:
         with h5py.File(p, "r", locking=False) as f:
             if f.attrs.get("distland_layout") is None:
+                if "distland_creating" in f.attrs or not list(f.keys()):
+                    return "create"  # our creation was interrupted before any result could be written
                 if "xcoordinates" in f and "done" not in f:
                     raise SurfaceError(f"{path} was written by another tool (no 'done' mask); convert it or choose "
                                        "another output (or --overwrite to replace it)")
-                if "done" in f:
-                    raise SurfaceError(f"{path} is not a complete distland file; use --overwrite to replace it")
-                return "create"  # creation was interrupted before any result could be written
+                raise SurfaceError(f"{path} is not a distland surface file; move it away or use --overwrite "
+                                   "to replace it")
             old = json.loads(str(f.attrs.get("identity", "{}")))
             n_done = int(np.count_nonzero(f["done"][()])) if "done" in f else 0
     except OSError as e:
@@ -174,6 +175,7 @@ class SurfaceWriter:
     def _create(f: Any, spec: SurfaceSpec) -> None:
         h5py = _h5py()
         shape = spec.grid.shape
+        f.attrs["distland_creating"] = 1  # first: a file with this but no distland_layout was never finished
 
         def dcpl(fill: Any, dtype: str):
             # Contiguous, allocated and filled at creation: writes during the sweep then change no metadata.
@@ -286,8 +288,12 @@ def read(path: str) -> SurfaceData:
         legacy = "distland_layout" not in f.attrs
         if legacy:
             # The original tool fills L(x_i, y_j) at [j, i] and marks unfinished points with -1.
+            # Its datasets may be shaped (nx, ny) or (ny, nx), but the values run in meshgrid order either way.
             if y is not None:
-                raw = {k: v.T for k, v in raw.items()}
+                for k, v in raw.items():
+                    if v.size != len(x) * len(y):
+                        raise SurfaceError(f"{path!r}: dataset {k} has {v.size} values for a {len(x)}×{len(y)} grid")
+                raw = {k: v.reshape(len(y), len(x)).T for k, v in raw.items()}
             done = np.all([v != -1 for v in raw.values()], axis=0) if raw else np.zeros(
                 (len(x),) if y is None else (len(x), len(y)), dtype=bool)
         else:

@@ -146,6 +146,14 @@ def prepare(cfg: Config, overwrite: bool) -> Plan:
         target = dirs.reference_weights(check, cfg.directions.type)
         target_digest = sha256(cfg.directions.target)
     splits = load_data(cfg)
+    with torch.no_grad():
+        for name, (x, _) in splits.items():
+            try:
+                model(x[:2])
+            except Exception as e:  # noqa: BLE001 - any failure here means model and data don't fit
+                raise ValueError(f"model {cfg.model!r} cannot run on data {cfg.data.name!r} ({name} inputs of shape "
+                                 f"{tuple(x.shape[1:])}): {e}") from None
+    engines.pick_device(cfg.engine.device, 0)  # a GPU asked for but absent fails here, before any file is touched
     identity = {
         "model": cfg.model, "model_args": cfg.model_args, "checkpoint_sha256": ckpt_digest,
         "data": {"name": cfg.data.name, "split": cfg.data.split, "max_samples": cfg.data.max_samples,
@@ -165,8 +173,8 @@ def prepare(cfg: Config, overwrite: bool) -> Plan:
         spec.directions = [dirs.to_numpy(d) for d in made]
         pending = grid.size
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        if Path(cfg.output).exists():
-            Path(cfg.output).unlink()  # --overwrite (or an interrupted creation): the lock makes this ours
+        # An existing file (--overwrite, or an interrupted creation) is truncated by the collective open, not here:
+        # a job that fails before then must leave it as it was.
     else:
         import h5py
 

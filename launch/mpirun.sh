@@ -37,7 +37,8 @@ while [ $# -gt 0 ] && [[ $1 == -* ]]; do
             ;;
         -h | --help) usage ;;
         *)
-            echo "mpirun.sh: unknown option $1 (supported: -np N, --host, --hostfile); for anything else call mpirun directly" >&2
+            echo "mpirun.sh: unknown option $1 (supported: -np N, --host, --hostfile);" \
+                "for anything else call mpirun directly" >&2
             exit 2
             ;;
     esac

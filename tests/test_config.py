@@ -110,6 +110,8 @@ def test_apply_overrides_creates_missing_sections():
     (["model=[1, 2]"], r"model must be a string"),
     (["directions.norm=filters"], r"directions\.norm: 'filters' is not valid; choose one of filter, layer"),
     (["engine.fold_bn=maybe"], r"engine\.fold_bn"),
+    (["engine.device=gpu"], r"engine\.device"),  # a typo must not silently mean the CPU
+    (["engine.device=cuda:x"], r"engine\.device"),
     (["sweep.chunk=-1"], r"sweep\.chunk must be >= 0"),
     (["data.max_samples=-3"], r"data\.max_samples"),
     (["output="], r"output must name"),

@@ -235,3 +235,28 @@ def test_interpolation_surface_ends_at_both_checkpoints(tmp_path, digits_train):
     for k, v in sa.items():
         want = (sb[k] - v) if v.is_floating_point() else torch.zeros_like(v)
         torch.testing.assert_close(dirs[0][k], want, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------- whole-job properties
+def test_same_dir_surface_depends_only_on_x_plus_y(tmp_path):
+    out = tmp_path / "same.h5"
+    run_surface(small_config(out, "directions.same_dir=true", "grid.x=[-1, 1, 3]", "grid.y=[-1, 1, 3]"))
+    dirs, _, _, arrays, _ = _stored(out)
+    assert all(torch.equal(dirs[0][k], dirs[1][k]) for k in dirs[0])
+    loss = arrays["train_loss"]
+    np.testing.assert_allclose(loss, loss.T, rtol=1e-6)
+    assert loss[0, 2] == pytest.approx(loss[1, 1], rel=1e-6) == pytest.approx(loss[2, 0], rel=1e-6)  # x+y = 0
+    assert abs(loss[0, 0] - loss[1, 1]) > 1e-3
+
+
+def test_both_splits_are_evaluated(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "theta.pt", seed=9)
+    out = tmp_path / "both.h5"
+    run_surface(small_config(out, f"checkpoint={ckpt}", "data.split=both", "grid.x=[0, 1, 2]", "grid.y=null"))
+    with h5py.File(out, "r") as f:
+        assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= set(f)
+        test_loss = np.asarray(f["test_loss"])
+    model = DemoCNN()
+    model.load_state_dict(torch.load(ckpt, weights_only=True))
+    x, y = load_split("digits", "test", SAMPLES)
+    assert test_loss[0] == pytest.approx(plain_loss(model, x, y)[0], rel=1e-5)
