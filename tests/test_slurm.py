@@ -108,8 +108,15 @@ def test_srun_pmix_gives_one_world(slurm: Cluster, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ distland
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the surface jobs run: the demo config's relative paths (its checkpoint, trained on first use) land
+    here, not in the checkout, and the second job reuses the checkpoint that the first one trained."""
+    return tmp_path_factory.mktemp("jobs")
+
+
 @pytest.mark.parametrize("launcher", ["srun", "mpirun"])
-def test_rendered_surface_job(slurm: Cluster, tmp_path: Path, launcher: str) -> None:
+def test_rendered_surface_job(slurm: Cluster, workdir: Path, tmp_path: Path, launcher: str) -> None:
     config = ROOT / "configs" / "demo.yaml"
     assert config.is_file(), f"{config} is missing (the demo config this test runs)"
     out, job, logs = tmp_path / "s.h5", tmp_path / "job.sbatch", tmp_path / "logs"
@@ -120,13 +127,13 @@ def test_rendered_surface_job(slurm: Cluster, tmp_path: Path, launcher: str) -> 
     if launcher == "mpirun":
         opts += ["--opt", "env.OMPI_ALLOW_RUN_AS_ROOT=1", "--opt", "env.OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"]
     sets = ["--set", f"output={out}", "--set", "grid.x=[-1,1,5]", "--set", "grid.y=[-1,1,5]"]
-    render = subprocess.run([sys.executable, "-m", "distland", "launch", "slurm", "configs/demo.yaml", *opts, *sets,
-                             "--out", str(job)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    render = subprocess.run([sys.executable, "-m", "distland", "launch", "slurm", str(config), *opts, *sets,
+                             "--out", str(job)], cwd=workdir, capture_output=True, text=True, timeout=120)
     assert render.returncode == 0, f"distland launch slurm failed:\n{render.stdout}\n{render.stderr}"
     assert logs.is_dir(), "distland launch slurm --out should create the log folder"
 
     t0 = time.monotonic()
-    done = sbatch_wait(slurm, job, ROOT)
+    done = sbatch_wait(slurm, job, workdir)
     slurm.timings[f"surface_{launcher}_job_s"] = time.monotonic() - t0
     log = job_log(logs)
     assert done.returncode == 0, f"job failed: {done.stderr}\n{log}\n{slurm.log_tail()}"
