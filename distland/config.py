@@ -56,7 +56,7 @@ class EngineConfig:
     threads: int = 0                # CPU threads per rank; 0 = cores on the node / ranks on the node
     channels_last: str = "auto"     # auto | on | off
     fold_bn: str = "auto"           # auto | on | off: fold eval-mode BatchNorm into the preceding conv (exact)
-    compile: str = "off"            # auto | on | off: torch.compile the forward pass
+    compile: str = "auto"           # auto | on | off: torch.compile the forward pass (auto: for long sweeps)
     precision: str = "fp32"         # fp32 | tf32 | bf16 (reduced precision is opt-in and recorded)
 
 

@@ -4,6 +4,11 @@ Documented rules rather than a per-run calibration, from measurements on the CPU
 1,024 CIFAR-shaped images, seconds per grid point; see bench/README.md): NCHW batch 128 0.79 → channels_last
 0.49 → + BN folded 0.40; batch 128–256 is best on CPU (bigger batches fall out of cache); one thread per core.
 Every choice is exact (same loss to ~1e-6 relative); reduced precision is opt-in via ``engine.precision``.
+
+``torch.compile`` (measured 0.40 → 0.30 s/point, for 5–25 s of compilation) pays off only for long sweeps, so
+``engine.compile: auto`` times this rank's first point and compiles when the rank's expected remaining work
+exceeds :data:`COMPILE_WORTH_S`. Several grid points per pass (vmap over stacked weights) was measured slower
+on CPUs (1.35–1.65 s vs 0.79 s per point), so a pass always evaluates one point.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import torch
 from .config import EngineConfig
 from .evaluate import Engine
 
+COMPILE_WORTH_S = 120.0   # expected eager work per rank above which compiling is worth its cost
 CPU_BATCH = 128
 GPU_BATCH = 1024
 
@@ -63,10 +69,15 @@ def choose(cfg: EngineConfig, local_rank: int = 0, local_size: int = 1, batch_si
         batch_size=batch_size or (GPU_BATCH if on_gpu else CPU_BATCH),
         channels_last=four_d if cfg.channels_last == "auto" else cfg.channels_last == "on",
         fold_bn=cfg.fold_bn != "off",
-        compile=cfg.compile == "on",
+        compile=cfg.compile,
         threads=threads,
         precision=cfg.precision,
     )
+
+
+def worth_compiling(first_point_s: float, points_left: int) -> bool:
+    """``engine.compile: auto``: compile when this rank still has more than COMPILE_WORTH_S of eager work."""
+    return first_point_s * points_left > COMPILE_WORTH_S
 
 
 def apply_process_settings(engine: Engine) -> None:

@@ -30,7 +30,7 @@ class Engine:
     batch_size: int = 128
     channels_last: bool = False
     fold_bn: bool = False
-    compile: bool = False
+    compile: str = "off"        # on | off | auto (decided after the first point, see sweep)
     threads: int = 0
     precision: str = "fp32"
 
@@ -117,7 +117,9 @@ class SurfaceEvaluator:
                 self._live.append(target.data)
                 self._base.append(theta.to(self.device, target.dtype).contiguous(memory_format=fmt))
                 self._dirs.append([m.to(self.device, target.dtype).contiguous(memory_format=fmt) for m in moving])
-        self.model = torch.compile(exec_model) if engine.compile else exec_model
+        self._eager = exec_model
+        self.model = exec_model
+        self.compiled = False
         self.data: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         for name, (x, y) in splits.items():
             x = x.to(self.device)
@@ -125,6 +127,8 @@ class SurfaceEvaluator:
                 x = x.contiguous(memory_format=torch.channels_last)
             self.data[name] = (x, y.to(self.device))
         self._autocast = torch.bfloat16 if engine.precision == "bf16" else None
+        if engine.compile == "on":
+            self.compile_model()
 
     def _fold(self, model: nn.Module, base: Dict[str, torch.Tensor], dirs: List[Dict[str, torch.Tensor]]):
         gm, pairs = find_conv_bn_pairs(model)
@@ -170,6 +174,24 @@ class SurfaceEvaluator:
         for _, bn_name in pairs:
             gm.delete_submodule(bn_name)
         return gm, base, dirs
+
+    def compile_model(self) -> bool:
+        """Switch to a ``torch.compile``d forward pass; on any failure stay eager (with a warning)."""
+        if self.compiled:
+            return True
+        try:
+            compiled = torch.compile(self._eager)
+            x = next(iter(self.data.values()))[0][:2] if self.data else None
+            if x is not None:
+                with torch.inference_mode():
+                    compiled(x)  # compile now, so a failure shows here and not mid-sweep
+        except Exception as e:  # noqa: BLE001 - compilation is an optimisation, never a requirement
+            import warnings
+
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); running eagerly")
+            return False
+        self.model, self.compiled = compiled, True
+        return True
 
     def set_point(self, coeffs: Sequence[float]) -> None:
         """Write θ* + Σ coeffs[k]·d_k into the model's tensors, in place."""

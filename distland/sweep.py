@@ -250,8 +250,17 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool) -> Optional[Summa
     queue = writer.pending() if comm.is_root and writer is not None else []
     metrics = plan.spec.metrics
 
+    auto_compile = [eng.compile == "auto"]
+
     def evaluate(unit: List[int], poll: Any) -> Dict[str, np.ndarray]:
-        rows = [evaluator.evaluate(grid.coords(p), poll) for p in unit]
+        rows = []
+        for p in unit:
+            t0 = time.perf_counter()
+            rows.append(evaluator.evaluate(grid.coords(p), poll))
+            if auto_compile[0]:  # decide once, from this rank's first point
+                auto_compile[0] = False
+                if engines.worth_compiling(time.perf_counter() - t0, plan.pending // comm.size):
+                    evaluator.compile_model()
         return {m: np.array([r[m] for r in rows], dtype=np.float64) for m in metrics}
 
     progress = None
