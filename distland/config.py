@@ -44,6 +44,9 @@ class DirectionsConfig:
     target: str = ""                # interp: the second checkpoint θ'
 
 
+INTERP_X = (-0.5, 1.5, 401)   # the default 1-D interpolation grid: beyond both end points
+
+
 @dataclass
 class GridConfig:
     x: List[float] = field(default_factory=lambda: [-1.0, 1.0, 21])
@@ -277,8 +280,18 @@ def load(cls: Type[T], path: Optional[Union[str, Path]] = None, overrides: Optio
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None) -> Config:
-    """The surface-job config."""
-    return load(Config, path, overrides)
+    """The surface-job config. An omitted ``grid.y`` means a 1-D job; an omitted ``grid`` means 21×21 over
+    [-1, 1]², or 401 points over [-0.5, 1.5] for ``directions.kind: interp``."""
+    data = read_yaml(path) if path else {}
+    apply_overrides(data, list(overrides or []))
+    grid = data.get("grid")
+    directions = data.get("directions") if isinstance(data.get("directions"), dict) else {}
+    if grid is None:
+        data["grid"] = ({"x": list(INTERP_X), "y": None} if directions.get("kind") == "interp"
+                        else {"x": [-1.0, 1.0, 21], "y": [-1.0, 1.0, 21]})
+    elif isinstance(grid, dict) and "y" not in grid:
+        grid["y"] = None
+    return from_dict(Config, data).validate()
 
 
 def config_from_yaml_text(text: str) -> Config:

@@ -108,3 +108,23 @@ def test_console_script_version():
     result = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert result.stdout.strip() == f"distland {distland.__version__}"
+
+
+def test_import_and_serial_run_without_mpi4py(tmp_path):
+    """`import distland` and a serial job must work where mpi4py cannot be imported at all."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['mpi4py'] = None\n"   # any `import mpi4py` now raises ImportError
+        "import distland\n"
+        "from distland.cli import main\n"
+        f"rc = main(['surface', '--set', 'output={tmp_path / 's.h5'}', '--set', 'data.max_samples=50', "
+        "'--set', 'grid.x=[-1,1,3]', '--set', 'grid.y=[-1,1,2]', '--set', 'sweep.progress=false', "
+        f"'{tmp_path / 'c.yaml'}'])\n"
+        "sys.exit(rc)\n")
+    (tmp_path / "c.yaml").write_text("model: mlp\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "3×2 (6 points)" in r.stdout

@@ -193,11 +193,19 @@ def test_direction_kind_rules():
     with pytest.raises(ConfigError, match="needs directions.target"):
         load_config(None, ["directions.kind=interp", "grid.y=null"])
     with pytest.raises(ConfigError, match="is 1-D"):
-        load_config(None, ["directions.kind=interp", "directions.target=b.pt"])
+        load_config(None, ["directions.kind=interp", "directions.target=b.pt", "grid.y=[-1,1,3]"])
+    cfg = load_config(None, ["directions.kind=interp", "directions.target=b.pt"])
+    assert cfg.grid.x == [-0.5, 1.5, 401] and cfg.grid.y is None  # the interpolation default grid
     with pytest.raises(ConfigError, match="needs directions.file"):
         load_config(None, ["directions.kind=file"])
     cfg = load_config(None, ["directions.file=dirs.h5"])
     assert cfg.directions.kind == "file"  # a file given means: use it
+
+
+def test_omitted_grid_y_means_1d():
+    assert load_config(None, ["grid.x=[-1,1,5]"]).grid.y is None
+    assert load_config(None, []).grid.y == [-1.0, 1.0, 21]  # no grid at all: the 2-D default
+    assert load_config(None, ["grid={x: [0, 1, 3], y: [0, 1, 4]}"]).grid.y == [0, 1, 4]
 
 
 # --------------------------------------------------------------------------------------------- files
