@@ -1,0 +1,114 @@
+"""GPU check (for a lent GPU machine, under 5 minutes): ResNet-56 on 50,000 CIFAR-shaped images.
+
+Measures seconds per grid point for each candidate engine configuration (batch size, memory format, BN folding,
+torch.compile, TF32 / bf16), checks every variant's loss against the plain float32 evaluation, and extrapolates
+the paper's 51×51 sweep (2,601 points) for one GPU and for N GPUs. Writes a JSON with everything next to the
+printout. Runs on a CPU too (``--device cpu --images 1024``) to check the script itself.
+
+Usage: ``python bench/gpu_check.py [--images 50000] [--points 3] [--budget 240] [--out gpu_check.json]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Dict, List
+
+import torch
+
+from distland import directions as D
+from distland.evaluate import Engine, SurfaceEvaluator
+from distland.models import build_model
+
+PAPER_POINTS = 51 * 51
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="resnet56")
+    ap.add_argument("--images", type=int, default=50_000)
+    ap.add_argument("--points", type=int, default=3, help="timed points per variant (after one warm-up point)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--budget", type=float, default=240.0, help="stop trying new variants after this many seconds")
+    ap.add_argument("--out", default="gpu_check.json")
+    args = ap.parse_args()
+    t_start = time.monotonic()
+    dev = args.device
+    name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else "CPU"
+    torch.manual_seed(0)
+    model = build_model(args.model).eval()
+    for m in model.modules():  # non-trivial BN statistics, so folding is exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    ref = D.reference_weights(model)
+    dirs = D.make_random(ref, 0, "filter", "biasbn", 2)
+    x = torch.randn(args.images, 3, 32, 32)
+    y = torch.randint(0, 10, (args.images,))
+    print(f"{args.model} on {args.images} CIFAR-shaped images, device {dev} ({name}), torch {torch.__version__}")
+
+    candidates: List[Dict] = [dict(batch_size=1024, channels_last=False, fold_bn=False, precision="fp32")]
+    for bs in (512, 1024, 2048, 4096):
+        candidates.append(dict(batch_size=bs, channels_last=True, fold_bn=True, precision="fp32"))
+    candidates += [dict(batch_size=2048, channels_last=True, fold_bn=True, precision="tf32"),
+                   dict(batch_size=2048, channels_last=True, fold_bn=True, precision="fp32", compile="on"),
+                   dict(batch_size=2048, channels_last=True, fold_bn=True, precision="bf16"),
+                   dict(batch_size=2048, channels_last=True, fold_bn=True, precision="bf16", compile="on")]
+    results = []
+    reference_loss = None
+    for cand in candidates:
+        if time.monotonic() - t_start > args.budget:
+            print(f"budget of {args.budget:.0f} s reached; skipping the remaining variants")
+            break
+        eng = Engine(device=dev, compile=cand.pop("compile", "off"), **cand)
+        if dev.startswith("cuda"):
+            allow = eng.precision == "tf32"
+            torch.backends.cuda.matmul.allow_tf32 = allow
+            torch.backends.cudnn.allow_tf32 = allow
+            torch.backends.cudnn.benchmark = True
+        try:
+            t0 = time.perf_counter()
+            ev = SurfaceEvaluator(model, ref, dirs, {"train": (x, y)}, eng)
+            first = ev.evaluate((0.0, 0.0))["train_loss"]
+            sync(dev)
+            setup = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for k in range(args.points):
+                ev.evaluate((0.1 * (k + 1), -0.05 * k))
+            sync(dev)
+            per_point = (time.perf_counter() - t0) / args.points
+        except Exception as e:  # noqa: BLE001 - report the variant as failed, keep going
+            print(f"  {eng}: failed ({type(e).__name__}: {str(e)[:120]})")
+            continue
+        if reference_loss is None:
+            reference_loss = first
+        rel = abs(first - reference_loss) / abs(reference_loss)
+        row = dict(engine=eng.__dict__, seconds_per_point=per_point, setup_seconds=setup, loss_at_center=first,
+                   rel_error_vs_fp32=rel, sweep_51x51_minutes_1gpu=per_point * PAPER_POINTS / 60)
+        results.append(row)
+        print(f"  bs {eng.batch_size:5d} {'CL  ' if eng.channels_last else 'NCHW'} fold {int(eng.fold_bn)} "
+              f"{eng.precision:4s} compile {eng.compile:3s}: {per_point:7.3f} s/point (setup {setup:5.1f} s), "
+              f"rel. err {rel:.1e}, 51×51 on 1 GPU ≈ {row['sweep_51x51_minutes_1gpu']:.1f} min")
+        del ev
+        if dev.startswith("cuda"):
+            torch.cuda.empty_cache()
+    exact = [r for r in results if r["engine"]["precision"] in ("fp32", "tf32") and r["rel_error_vs_fp32"] < 1e-4]
+    if exact:
+        best = min(exact, key=lambda r: r["seconds_per_point"])
+        base = results[0]["seconds_per_point"]
+        print(f"fastest exact: {best['engine']} — {best['seconds_per_point']:.3f} s/point, "
+              f"{base / best['seconds_per_point']:.2f}x the plain NCHW fp32 evaluation; the paper's 51×51 sweep ≈ "
+              f"{best['sweep_51x51_minutes_1gpu']:.1f} min on 1 GPU, {best['sweep_51x51_minutes_1gpu'] / 8:.1f} "
+              "min on 8 (target ≤ 10 min on one H100)")
+    with open(args.out, "w") as f:
+        json.dump(dict(device=name, model=args.model, images=args.images, results=results), f, indent=1)
+    print(f"wrote {args.out}; total {time.monotonic() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
