@@ -42,18 +42,20 @@ def cross_entropy_eval(model: nn.Module, inputs: torch.Tensor, targets: torch.Te
     n = int(targets.shape[0])
     if n == 0:
         raise ValueError("the data split is empty; check data.max_samples and the data set")
-    total, correct = 0.0, 0
     device_type = inputs.device.type
+    # Sums stay on the device until the end: no host synchronisation per batch on a GPU.
+    total = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    correct = torch.zeros((), dtype=torch.int64, device=inputs.device)
     with torch.inference_mode(), torch.autocast(device_type, dtype=autocast or torch.bfloat16,
                                                 enabled=autocast is not None):
         for start in range(0, n, batch_size):
             x, y = inputs[start:start + batch_size], targets[start:start + batch_size]
             out = model(x).float()
-            total += float(F.cross_entropy(out, y, reduction="sum").double())
-            correct += int((out.argmax(1) == y).sum())
+            total += F.cross_entropy(out, y, reduction="sum").double()
+            correct += (out.argmax(1) == y).sum()
             if poll is not None:
                 poll()  # lets the coordinator on rank 0 answer workers between batches
-    return total / n, 100.0 * correct / n
+    return float(total) / n, 100.0 * int(correct) / n
 
 
 # ---------------------------------------------------------------------------------------------- BN folding

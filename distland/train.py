@@ -26,6 +26,7 @@ from torch import nn
 
 from .config import ConfigError, load, to_dict, to_yaml
 from .data import load_split
+from .evaluate import cross_entropy_eval
 from .models import build_model
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
@@ -180,18 +181,10 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     return loss_sum.item() / seen, correct.item() / seen
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Tuple[float, float]:
-    """Mean cross-entropy and accuracy in eval mode (BatchNorm uses its running statistics)."""
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    for start in range(0, x.shape[0], batch_size):
-        out = model(x[start:start + batch_size])
-        yb = y[start:start + batch_size]
-        loss_sum += F.cross_entropy(out, yb, reduction="sum").double()
-        correct += (out.argmax(1) == yb).sum()
-    return loss_sum.item() / x.shape[0], correct.item() / x.shape[0]
+    """Mean cross-entropy and accuracy as a fraction, in eval mode (BatchNorm uses its running statistics)."""
+    loss, acc_percent = cross_entropy_eval(model.eval(), x, y, batch_size)
+    return loss, acc_percent / 100.0
 
 
 # --------------------------------------------------------------------------------------------------- files
