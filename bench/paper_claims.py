@@ -9,7 +9,7 @@ WITH them, and the roughness of the no-skip net grows with depth.
 Everything uses seed 0 (training, data split, directions), fixed before any result was seen; see
 bench/PAPER_CLAIMS.md for the settings, the definitions of every number and the measured values.
 
-Usage:  python bench/paper_claims.py [--out DIR] [--threads 2] [--no-deep] [--smoke]
+Usage:  OMP_NUM_THREADS=1 python bench/paper_claims.py [--out DIR] [--threads 1] [--no-deep] [--smoke]
         (--smoke: 2 epochs and tiny grids, to check the pipeline; its numbers mean nothing)
 Writes under DIR (a fresh temporary folder if not given): train/<run>/ (checkpoints, metrics), surfaces/*.h5,
 logs/*.log and claims.json; prints the tables and one verdict line per claim.
@@ -444,7 +444,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="", help="output folder (default: a new temporary folder)")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads for training and surfaces")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads for training and surfaces (default 1: the trained weights, hence every "
+                         "number, change slightly with the thread count; 1 thread reproduces on any machine)")
     ap.add_argument("--device", default="cpu", help="cpu (default; the measured numbers are CPU runs) or cuda")
     ap.add_argument("--no-deep", action="store_true", help="skip the resnet56 pair (claim 2 then uses depth 20)")
     ap.add_argument("--smoke", action="store_true", help="2 epochs, tiny grids: a pipeline check, not a result")

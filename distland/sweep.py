@@ -149,10 +149,13 @@ def prepare(cfg: Config, overwrite: bool) -> Plan:
     with torch.no_grad():
         for name, (x, _) in splits.items():
             try:
-                model(x[:2])
+                out = model(x[:256])
             except Exception as e:  # noqa: BLE001 - any failure here means model and data don't fit
                 raise ValueError(f"model {cfg.model!r} cannot run on data {cfg.data.name!r} ({name} inputs of shape "
                                  f"{tuple(x.shape[1:])}): {e}") from None
+            if not bool(torch.isfinite(out).all()):
+                raise ValueError(f"the model's output at θ* is NaN/inf on the {name} data: the surface would be all "
+                                 "NaN. Check the checkpoint (a diverged run?) and the data (NaN/inf inputs?)")
     engines.pick_device(cfg.engine.device, 0)  # a GPU asked for but absent fails here, before any file is touched
     identity = {
         "model": cfg.model, "model_args": cfg.model_args, "checkpoint_sha256": ckpt_digest,

@@ -206,3 +206,20 @@ def test_overwrite_keeps_the_existing_file_when_the_job_cannot_start(tmp_path, v
         run_surface(small_config(out, "engine.device=cuda:99", "directions.seed=3"), overwrite=True)
     assert out.exists(), "--overwrite deleted the old file although the new job never started"
     assert fingerprint(out) == before
+
+
+def test_nan_at_the_minimizer_is_a_clear_error(tmp_path, monkeypatch):
+    """A loss that is NaN at θ* itself (NaN inputs) is refused before any file is written."""
+    from distland.config import load_config
+    from distland.sweep import run_surface
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nandata.py").write_text(
+        "import torch\n"
+        "def load(split):\n"
+        "    x = torch.randn(20, 1, 8, 8); x[3, 0, 2, 2] = float('nan')\n"
+        "    return x, torch.zeros(20, dtype=torch.long)\n")
+    cfg = load_config(None, ["data.name=nandata:load", f"output={tmp_path / 'o.h5'}", "grid.x=[-1,1,3]"])
+    with pytest.raises(ValueError, match="NaN/inf on the train data"):
+        run_surface(cfg)
+    assert not (tmp_path / "o.h5").exists()
