@@ -493,7 +493,7 @@ def main(argv: Optional[List[str]] = None) -> int:
              f"{gs[2]}x{gs[2]} surface over [-1,1]² on {samples} train images, seed {SEED})", sep, text2, "",
              sep, "VERDICTS" + ("  (SMOKE MODE: meaningless)" if args.smoke else ""), sep]
     for v in v1 + v2:
-        lines.append(f"[{v['verdict']:>9}] claim {v['claim']} — {v['detail']}")
+        lines.append(f"[{v['verdict']:>9}] {'' if v['verdict'] == 'note' else 'claim '}{v['claim']} — {v['detail']}")
     lines.append(f"runtime {runtime:.0f} s (claim 1 {t_batch:.0f} s, claim 2 {t_skip:.0f} s); output {out}")
     print("\n".join(lines), flush=True)
     payload = {"settings": settings, "claim1": batch, "claim2": skip, "verdicts": v1 + v2,

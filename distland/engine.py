@@ -57,6 +57,8 @@ def choose(cfg: EngineConfig, local_rank: int = 0, local_size: int = 1, batch_si
     on_gpu = device.startswith("cuda")
     if cfg.threads > 0:
         threads = cfg.threads
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        threads = int(os.environ["OMP_NUM_THREADS"])  # the user (or launcher) already chose
     else:
         n = cores if cores is not None else cores_available()
         # A launcher that pins each rank to its own cores shows us only those; otherwise split the node.
