@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -215,9 +216,14 @@ def describe(data: Any) -> str:
     dirs = cfg.get("directions") if isinstance(cfg.get("directions"), dict) else {}
     split = (cfg.get("data") or {}).get("split") if isinstance(cfg.get("data"), dict) else None
     parts: List[str] = []
-    if dirs.get("norm") or dirs.get("kind"):
+    kind = str(dirs.get("kind") or "")
+    if kind == "interp":  # the normalization applies to random directions only
+        parts.append("linear interpolation θ → θ′")
+    elif kind == "file":
+        parts.append(f"directions from {Path(str(dirs.get('file') or 'a file')).name}")
+    elif dirs.get("norm") or kind:
         norm = dirs.get("norm")
-        words = [f"{norm}-normalized" if norm and norm != "none" else "", str(dirs.get("kind") or ""), "directions"]
+        words = [f"{norm}-normalized" if norm and norm != "none" else "", kind, "directions"]
         parts.append(" ".join(w for w in words if w))
     if data.y is None:
         parts.append(f"{len(data.x)} points on {_axis_text(data.x)}")
