@@ -124,9 +124,15 @@ def _coordinate(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Option
     stats = RankStats(0)
     t_start = time.monotonic()
 
+    sent = [0] * n
+
     def next_unit(rank: int) -> List[int]:
         rate = rates[rank].value or max((r.value for r in rates), default=0.0)
-        return take(queue, chunk_size(len(queue), n, rate, fixed=fixed_chunk))
+        size = chunk_size(len(queue), n, rate, fixed=fixed_chunk)
+        if rate == 0 and not fixed_chunk:
+            size = min(2 ** sent[rank], chunk_size(len(queue), n))  # cost unknown yet: 1, 2, 4, … points
+        sent[rank] += 1
+        return take(queue, size)
 
     def feed(rank: int) -> None:
         while held[rank] < CREDIT and queue:
