@@ -178,18 +178,22 @@ class SurfaceEvaluator:
         return gm, base, dirs
 
     def compile_model(self) -> bool:
-        """Switch to a ``torch.compile``d forward pass; on any failure stay eager (with a warning)."""
+        """Switch to a ``torch.compile``d forward pass, checked against the eager one on every split at the
+        current weights (so every batch shape is compiled now, not mid-sweep); on any failure or mismatch
+        (> 1e-4 relative) stay eager, with a warning."""
+        import warnings
+
         if self.compiled:
             return True
         try:
             compiled = torch.compile(self._eager)
-            x = next(iter(self.data.values()))[0][:2] if self.data else None
-            if x is not None:
-                with torch.inference_mode():
-                    compiled(x)  # compile now, so a failure shows here and not mid-sweep
+            for name, (x, y) in self.data.items():
+                ref = cross_entropy_eval(self._eager, x, y, self.engine.batch_size, None, self._autocast)
+                got = cross_entropy_eval(compiled, x, y, self.engine.batch_size, None, self._autocast)
+                if abs(got[0] - ref[0]) > 1e-4 * max(abs(ref[0]), 1e-12):
+                    warnings.warn(f"torch.compile changed the {name} loss from {ref[0]} to {got[0]}; running eagerly")
+                    return False
         except Exception as e:  # noqa: BLE001 - compilation is an optimisation, never a requirement
-            import warnings
-
             warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); running eagerly")
             return False
         self.model, self.compiled = compiled, True

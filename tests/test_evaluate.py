@@ -260,3 +260,36 @@ def test_both_splits_are_evaluated(tmp_path):
     model.load_state_dict(torch.load(ckpt, weights_only=True))
     x, y = load_split("digits", "test", SAMPLES)
     assert test_loss[0] == pytest.approx(plain_loss(model, x, y)[0], rel=1e-5)
+
+
+def test_compile_matches_eager_and_falls_back_when_it_fails(monkeypatch):
+    """engine.compile: the compiled pass gives the eager loss; a failing compiler leaves the job running eagerly."""
+    import torch
+
+    from distland import directions as D
+    from distland.engine import worth_compiling
+    from distland.evaluate import Engine, SurfaceEvaluator
+    from distland.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("democnn").eval()
+    ref = D.reference_weights(model)
+    dirs = D.make_random(ref, 1, "filter", "biasbn", 2)
+    data = {"train": (torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,)))}
+    eager = SurfaceEvaluator(model, ref, dirs, data, Engine(batch_size=16))
+    compiled = SurfaceEvaluator(model, ref, dirs, data, Engine(batch_size=16, compile="on"))
+    assert compiled.compiled
+    for point in [(0.3, -0.2), (-0.5, 0.1)]:
+        a, b = eager.evaluate(point), compiled.evaluate(point)
+        assert abs(a["train_loss"] - b["train_loss"]) <= 1e-5 * a["train_loss"]
+        assert a["train_acc"] == b["train_acc"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        fallback = SurfaceEvaluator(model, ref, dirs, data, Engine(batch_size=16, compile="on"))
+    assert not fallback.compiled
+    assert fallback.evaluate((0.3, -0.2))["train_loss"] == eager.evaluate((0.3, -0.2))["train_loss"]
+    assert worth_compiling(1.0, 200) and not worth_compiling(0.01, 200)
