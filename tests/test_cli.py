@@ -128,3 +128,14 @@ def test_import_and_serial_run_without_mpi4py(tmp_path):
                        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     assert "3×2 (6 points)" in r.stdout
+
+
+def test_repo_demo_configs_equal_the_packaged_presets():
+    """`distland demo` (packaged preset) and `distland surface configs/demo.yaml` must be the same job."""
+    from pathlib import Path
+
+    from distland.presets import demo_config_path, demo_train_config_path
+
+    root = Path(__file__).resolve().parent.parent
+    assert (root / "configs" / "demo.yaml").read_text() == demo_config_path().read_text()
+    assert (root / "configs" / "demo_train.yaml").read_text() == demo_train_config_path().read_text()
