@@ -83,6 +83,15 @@ class Comm:
     def send(self, obj: Any, dest: int, tag: int) -> None:
         self.world.send(obj, dest=dest, tag=tag)
 
+    def isend(self, obj: Any, dest: int, tag: int) -> Any:
+        """Non-blocking send; keep the returned request (it holds the buffer) until :meth:`done` says so."""
+        return self.world.isend(obj, dest=dest, tag=tag)
+
+    @staticmethod
+    def done(request: Any) -> bool:
+        """Whether a request from :meth:`isend` has completed (never blocks)."""
+        return bool(request.Test())
+
     def recv(self, source: Optional[int] = None, tag: Optional[int] = None) -> Tuple[Any, int, int]:
         """Blocking receive; returns ``(obj, source, tag)``.
 

@@ -88,7 +88,7 @@ def static_blocks(n: int, nranks: int) -> List[Tuple[int, int]]:
 
 
 def chunk_size(remaining: int, nranks: int, rate: float = 0.0, target_seconds: float = 0.5,
-               max_chunk: int = 256, fixed: int = 0) -> int:
+               max_chunk: int = 4096, fixed: int = 0) -> int:
     """Points in the next work unit: about ``target_seconds`` of work, never more than a fair share.
 
     ``rate`` is one rank's measured points per second (0 while unknown: then one point). Units of ~0.5 s keep the

@@ -134,12 +134,21 @@ def _coordinate(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Option
         sent[rank] += 1
         return take(queue, size)
 
+    # The coordinator never blocks in a send: a large unit goes by rendezvous, and a worker that is itself
+    # blocked sending its results to us would never post the receive — a deadlock. Requests are kept (they own
+    # the buffers) until MPI reports them complete.
+    in_flight: List[object] = []
+
+    def post(obj: object, rank: int) -> None:
+        in_flight[:] = [r for r in in_flight if not comm.done(r)]
+        in_flight.append(comm.isend(obj, dest=rank, tag=TAG_WORK))
+
     def feed(rank: int) -> None:
         while held[rank] < CREDIT and queue:
-            comm.send(next_unit(rank), dest=rank, tag=TAG_WORK)
+            post(next_unit(rank), rank)
             held[rank] += 1
         if not queue and held[rank] == 0 and not stopped[rank]:
-            comm.send(None, dest=rank, tag=TAG_WORK)
+            post(None, rank)
             stopped[rank] = True
 
     def handle(msg: object, source: int, tag: int) -> None:
@@ -181,5 +190,9 @@ def _coordinate(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Option
         feed(rank)  # stop the idle ones now
     while not all(stopped[1:]):
         handle(*comm.recv())
+    while in_flight:  # the stop messages: cheap, but their buffers must outlive the sends
+        in_flight[:] = [r for r in in_flight if not comm.done(r)]
+        if in_flight:
+            time.sleep(1e-4)
     stats.wall_s = time.monotonic() - t_start
     return [stats]

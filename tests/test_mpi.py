@@ -202,3 +202,15 @@ def test_second_job_on_same_output_refused(tmp_path):
         if first.poll() is None:
             first.kill()
     assert arrays(out)["done"].all()
+
+
+def test_large_units_do_not_deadlock(tmp_path):
+    """Units and results far above MPI's eager limit (rendezvous sends both ways) must not deadlock: a worker
+    blocked sending its results while the coordinator sends it the next unit was a real hang."""
+    cfg = write_config(tmp_path, "large", data={"name": "digits", "max_samples": 16, "split": "both"},
+                       grid={"x": [-1.0, 1.0, 100], "y": [-1.0, 1.0, 100]},
+                       sweep={"progress": False, "chunk": 2500})
+    r = run(3, cfg, timeout=240)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(tmp_path / "large.h5", "r") as f:
+        assert f["done"][()].all() and np.isfinite(f["test_loss"][()]).all()
