@@ -118,7 +118,7 @@ def test_chunk_size_bounds(nranks):
 
 def test_chunk_size_caps_and_targets():
     assert chunk_size(-5, 4) == 0
-    assert chunk_size(100_000, 1, rate=1e9) == 256  # max_chunk bounds what a killed rank loses
+    assert chunk_size(100_000, 1, rate=1e9) == 4096  # max_chunk bounds what a killed rank loses
     assert chunk_size(100_000, 1, rate=1e9, max_chunk=17) == 17
     assert chunk_size(100_000, 1, rate=40.0, target_seconds=0.5) == 20  # about half a second of work
     assert chunk_size(100_000, 1, rate=0.01) == 1  # slow points go one at a time
