@@ -139,8 +139,11 @@ def _coordinate(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Option
     # the buffers) until MPI reports them complete.
     in_flight: List[object] = []
 
-    def post(obj: object, rank: int) -> None:
+    def reap() -> None:
         in_flight[:] = [r for r in in_flight if not comm.done(r)]
+
+    def post(obj: object, rank: int) -> None:
+        reap()
         in_flight.append(comm.isend(obj, dest=rank, tag=TAG_WORK))
 
     def feed(rank: int) -> None:
@@ -190,9 +193,9 @@ def _coordinate(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Option
         feed(rank)  # stop the idle ones now
     while not all(stopped[1:]):
         handle(*comm.recv())
+    reap()
     while in_flight:  # the stop messages: cheap, but their buffers must outlive the sends
-        in_flight[:] = [r for r in in_flight if not comm.done(r)]
-        if in_flight:
-            time.sleep(1e-4)
+        time.sleep(1e-4)
+        reap()
     stats.wall_s = time.monotonic() - t_start
     return [stats]

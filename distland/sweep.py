@@ -131,8 +131,9 @@ def _maybe_train(cfg: Config) -> None:
                                "make `checkpoint` point at the training run's final.pt")
 
 
-def prepare(cfg: Config, overwrite: bool) -> Plan:
-    """Rank-0 work before the sweep; every check that can fail on bad input happens here."""
+def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None) -> Plan:
+    """Rank-0 work before the sweep; every check that can fail on bad input happens here. The model with θ*
+    and the decoded data go into ``keep`` (when given), so rank 0 does not build them a second time."""
     _maybe_train(cfg)
     grid = Grid.from_config(cfg.grid)
     model, ckpt_digest = build_reference_model(cfg)
@@ -188,6 +189,8 @@ def prepare(cfg: Config, overwrite: bool) -> Plan:
         for d in stored:
             dirs.check_compatible(dirs.from_numpy(d), reference, f"directions stored in {cfg.output}")
         spec.directions = [{k: d[k] for k in reference} for d in stored]
+    if keep is not None:
+        keep.update(model=model, splits=splits)
     return Plan(spec=spec, mode=mode, pending=pending)
 
 
@@ -197,10 +200,11 @@ def run_surface(cfg: Config, overwrite: bool = False, verbose: bool = False,
     """Compute the surface of ``cfg`` on every rank of ``comm``; returns the summary on rank 0."""
     comm = comm or get_comm(cfg.sweep.mpi)
     lock = JobLock(cfg.output)
+    built: Dict[str, Any] = {}  # rank 0's model and data from prepare (never broadcast: ranks load their own)
     try:
-        plan = comm.on_root(lambda: (lock.acquire(), prepare(cfg, overwrite))[1])
+        plan = comm.on_root(lambda: (lock.acquire(), prepare(cfg, overwrite, built))[1])
         try:
-            return _sweep(cfg, plan, comm, verbose)
+            return _sweep(cfg, plan, comm, verbose, built)
         except BaseException as e:  # noqa: BLE001 - past this point a failure on one rank must stop all of them
             if comm.size > 1 and not isinstance(e, SystemExit):
                 comm.fail(e)
@@ -222,15 +226,15 @@ def _io_mode(cfg: Config, comm: Comm) -> str:
     return "root"
 
 
-def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool) -> Optional[Summary]:
+def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, Any]) -> Optional[Summary]:
     t_start = time.monotonic()
     io = _io_mode(cfg, comm)
     if io == "root" and comm.is_root and cfg.sweep.io != "root":
         print("distland: warning: h5py has no MPI support; rank 0 writes every result (same file, slower). "
               "Build h5py against parallel HDF5 for parallel writes.", file=sys.stderr)
     grid = plan.spec.grid
-    model, _ = build_reference_model(cfg)
-    splits = load_data(cfg)
+    model = built["model"] if "model" in built else build_reference_model(cfg)[0]
+    splits = built["splits"] if "splits" in built else load_data(cfg)
     sample = next(iter(splits.values()))[0]
     eng = engines.choose(cfg.engine, comm.local_rank, comm.local_size, cfg.data.batch_size, sample.dim())
     engines.apply_process_settings(eng)
