@@ -207,6 +207,34 @@ class SurfaceEvaluator:
                 for c, d in zip(coeffs[1:], dirs[1:]):
                     live.add_(d, alpha=float(c))
 
+    def precision_check(self, points: Sequence[Sequence[float]]) -> Dict[str, float]:
+        """Reduced precision is opt-in, and its error is measured rather than assumed: the metrics at each of
+        ``points`` in the engine's precision and in exact float32 (eager model, no autocast, no TF32), as
+        ``max_rel_loss_error`` and ``max_acc_diff`` (percentage points). Empty for ``precision: fp32``."""
+        if self.engine.precision == "fp32":
+            return {}
+        cuda = self.device.type == "cuda"
+        worst_loss, worst_acc = 0.0, 0.0
+        for coeffs in points:
+            reduced = self.evaluate(coeffs)
+            saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) if cuda else None
+            try:
+                if cuda:
+                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+                exact = {}
+                for name, (x, y) in self.data.items():
+                    loss, acc = cross_entropy_eval(self._eager, x, y, self.engine.batch_size)
+                    exact[f"{name}_loss"], exact[f"{name}_acc"] = loss, acc
+            finally:
+                if saved is not None:
+                    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+            for key, value in exact.items():
+                if key.endswith("_loss"):
+                    worst_loss = max(worst_loss, abs(reduced[key] - value) / max(abs(value), 1e-12))
+                else:
+                    worst_acc = max(worst_acc, abs(reduced[key] - value))
+        return {"max_rel_loss_error": worst_loss, "max_acc_diff": worst_acc, "points": float(len(points))}
+
     def evaluate(self, coeffs: Sequence[float], poll: Optional[Callable[[], None]] = None) -> Dict[str, float]:
         """``{"<split>_loss": mean loss, "<split>_acc": percent}`` at the point ``coeffs``."""
         self.set_point(coeffs)

@@ -56,7 +56,8 @@ def describe_surface(path: str) -> str:
                      f"data {cfg.get('data', {}).get('name')}/{cfg.get('data', {}).get('split')}")
         lines.append(f"  directions kind {d.get('kind')} norm {d.get('norm')} ignore {d.get('ignore')} "
                      f"type {d.get('type')} seed {d.get('seed')}")
-    for key in ("distland_version", "created", "last_run", "checkpoint_sha256", "io", "nranks"):
+    for key in ("distland_version", "created", "last_run", "checkpoint_sha256", "io", "nranks", "compiled_ranks",
+                "precision_check"):
         if key in data.attrs:
             lines.append(f"  {key}: {data.attrs[key]}")
     if "engine" in data.attrs:

@@ -138,6 +138,13 @@ class JobLock:
             self._fd = None
 
 
+def set_attrs(path: str, attrs: Mapping[str, Any]) -> None:
+    """Add or replace root attributes of a closed surface file (serially, by the process holding the job lock)."""
+    with _h5py().File(path, "r+") as f:
+        for key, value in attrs.items():
+            f.attrs[key] = value
+
+
 # ------------------------------------------------------------------------------------------------ writer
 class SurfaceWriter:
     """An open surface file. With ``mpi_comm`` (an mpi4py communicator) it uses the ``mpio`` driver and every

@@ -33,7 +33,8 @@ from .data import load_split
 from .evaluate import SurfaceEvaluator
 from .grid import Grid
 from .models import build_model
-from .surface import JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing, h5py_has_mpi, metric_names
+from .surface import (JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing, h5py_has_mpi, metric_names,
+                      set_attrs)
 
 INIT_SEED = 0  # without a checkpoint θ* is the model's initialisation under this seed, identical on every rank
 
@@ -63,6 +64,8 @@ class Summary:
     io: str
     stats: List[schedule.RankStats]
     sharpness: str = ""
+    compiled: int = 0           # ranks that switched to a torch.compile'd forward pass
+    precision: str = ""         # the measured error of an opt-in reduced precision
 
     def text(self) -> str:
         g = "×".join(map(str, self.grid))
@@ -70,6 +73,10 @@ class Summary:
                  f"  model {self.model}, grid {g} ({self.points} points), {self.ranks} rank(s), io {self.io}",
                  f"  computed {self.computed} point(s) in {self.seconds:.1f} s"
                  + (f" ({self.computed / self.seconds:.2f} points/s)" if self.seconds > 0 and self.computed else "")]
+        if self.compiled:
+            lines.append(f"  torch.compile on {self.compiled} of {self.ranks} rank(s)")
+        if self.precision:
+            lines.append("  " + self.precision)
         if self.minimum:
             where = ", ".join(f"{k}={v:+.4g}" for k, v in self.minimum["at"].items())
             lines.append(f"  min {self.minimum['metric']} = {self.minimum['value']:.6g} at ({where})")
@@ -166,6 +173,9 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
                        "file": sha256(cfg.directions.file) if cfg.directions.file else ""},
         "grid": {"x": list(map(float, cfg.grid.x)), "y": None if cfg.grid.y is None else list(map(float, cfg.grid.y))},
     }
+    if cfg.engine.precision != "fp32":
+        # Reduced precision changes the numbers (bf16 by ~1e-3): one file must not mix it with exact points.
+        identity["precision"] = cfg.engine.precision
     spec = SurfaceSpec(grid=grid, metrics=metric_names(cfg.splits), identity=identity, attrs={
         "config": to_yaml(cfg), "checkpoint_sha256": ckpt_digest, "seed": cfg.directions.seed,
         "model": cfg.model, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ndim": grid.ndim,
@@ -283,13 +293,28 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
             writer.close()  # serial: keep what is finished; under MPI the caller aborts every rank
         raise
     all_stats = comm.allgather(stats[0])
+    compiled = sum(comm.allgather(int(evaluator.compiled)))
+    check: Dict[str, float] = {}
+    if comm.is_root and eng.precision != "fp32" and queue:
+        # Opt-in reduced precision reports its own error, at θ* and at the grid's far corner.
+        check = evaluator.precision_check([tuple(0.0 for _ in grid.shape), grid.coords(grid.size - 1)])
     if writer is not None:
         writer.close()  # collective under mpio
     if not comm.is_root:
         return None
+    resolved = {"compiled_ranks": compiled}
+    if check:
+        resolved["precision_check"] = json.dumps({"precision": eng.precision, **check}, sort_keys=True)
+    set_attrs(cfg.output, resolved)
     if cfg.sweep.progress and sys.stderr.isatty():
         sys.stderr.write("\n")
-    return summarize(cfg, grid, len(queue), time.monotonic() - t_start, comm.size, io, all_stats)
+    summary = summarize(cfg, grid, len(queue), time.monotonic() - t_start, comm.size, io, all_stats)
+    summary.compiled = compiled
+    if check:
+        summary.precision = (f"precision {eng.precision}: loss within {check['max_rel_loss_error']:.1e} (relative) "
+                             f"and accuracy within {check['max_acc_diff']:.2g} points of float32 at θ* and the "
+                             "grid's last point")
+    return summary
 
 
 def _report(p: schedule.Progress) -> None:

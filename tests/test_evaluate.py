@@ -293,3 +293,40 @@ def test_compile_matches_eager_and_falls_back_when_it_fails(monkeypatch):
     assert not fallback.compiled
     assert fallback.evaluate((0.3, -0.2))["train_loss"] == eager.evaluate((0.3, -0.2))["train_loss"]
     assert worth_compiling(1.0, 200) and not worth_compiling(0.01, 200)
+
+
+# --------------------------------------------------------------------------------------------- reduced precision
+def test_bf16_is_opt_in_and_reports_its_measured_error(tmp_path, digits_train):
+    ckpt = save_checkpoint(tmp_path / "theta.pt", seed=4)
+    exact_out, bf16_out = tmp_path / "fp32.h5", tmp_path / "bf16.h5"
+    exact = run_surface(small_config(exact_out, f"checkpoint={ckpt}"))
+    reduced = run_surface(small_config(bf16_out, f"checkpoint={ckpt}", "engine.precision=bf16"))
+    assert "precision" not in exact.text() and "bf16" in reduced.text()
+    _, _, _, a32, attrs32 = _stored(exact_out)
+    _, _, _, a16, attrs16 = _stored(bf16_out)
+    assert "precision_check" not in attrs32
+    check = json.loads(attrs16["precision_check"])
+    assert check["precision"] == "bf16" and check["points"] == 2
+    # The recorded error is a real measurement: non-zero, small, and of the size the whole surface shows.
+    measured = np.max(np.abs(a16["train_loss"] - a32["train_loss"]) / np.abs(a32["train_loss"]))
+    assert 0 < check["max_rel_loss_error"] < 0.05
+    assert 0 < measured < 0.05
+    assert json.loads(attrs16["engine"])["precision"] == "bf16"
+
+
+def test_a_bf16_file_is_not_resumed_in_float32(tmp_path, digits_train):
+    from distland.surface import SurfaceError
+
+    out = tmp_path / "s.h5"
+    run_surface(small_config(out, "engine.precision=bf16"))
+    with pytest.raises(SurfaceError, match="precision"):
+        run_surface(small_config(out))
+
+
+def test_precision_check_is_empty_for_float32():
+    model = make_model(seed=1)
+    ref = D.reference_weights(model)
+    dirs = D.make_random(ref, 0, "filter", "biasbn", 2)
+    x, y = torch.randn(20, 1, 8, 8), torch.randint(0, 10, (20,))
+    ev = SurfaceEvaluator(model, ref, dirs, {"train": (x, y)}, Engine())
+    assert ev.precision_check([(0.0, 0.0)]) == {}
