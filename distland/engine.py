@@ -1,14 +1,20 @@
 """Choosing how a rank runs its forward passes: device, threads, batch size, memory format, BN folding.
 
-Documented rules rather than a per-run calibration, from measurements on the CPU machines here (ResNet-20,
-1,024 CIFAR-shaped images, seconds per grid point; see bench/README.md): NCHW batch 128 0.79 → channels_last
-0.49 → + BN folded 0.40; batch 128–256 is best on CPU (bigger batches fall out of cache); one thread per core.
-Every choice is exact (same loss to ~1e-6 relative); reduced precision is opt-in via ``engine.precision``.
+Documented rules rather than a per-run calibration (the CPU machines here vary ±30% from minute to minute, too
+much for a short calibration to pick reliably), from measurements side by side (bench/speed.py, bench/README.md):
 
-``torch.compile`` (measured 0.40 → 0.30 s/point, for 5–25 s of compilation) pays off only for long sweeps, so
-``engine.compile: auto`` times this rank's first point and compiles when the rank's expected remaining work
-exceeds :data:`COMPILE_WORTH_S`. Several grid points per pass (vmap over stacked weights) was measured slower
-on CPUs (1.35–1.65 s vs 0.79 s per point), so a pass always evaluates one point.
+- channels_last for image models, and eval-mode BN folded into its conv: oneDNN's NHWC convolutions reach
+  200–250 GFLOP/s on the 2-core CI machines where NCHW ones reach 140–200 (the 3-channel stem conv: 150 vs 17).
+- batch 64 on CPUs: every model measured ran fastest at 32–64 (ResNet-20 b64 5–7% faster than b128; VGG-9,
+  WRN-56-2 and DenseNet-121 within 0–18% of their best, never slower than 128); activations stay in cache.
+- one thread per core, the cores split between the ranks of a node.
+- ``torch.compile`` fuses the elementwise work between convolutions (7–25% faster here) for 5–25 s of compilation,
+  which pays off only for long sweeps: ``engine.compile: auto`` times this rank's first point and compiles when
+  the rank's expected remaining work exceeds :data:`COMPILE_WORTH_S`.
+- one grid point per pass: several (vmap over stacked weights) measured slower on CPUs (1.35–1.65 s vs 0.79 s).
+
+Every choice is exact (same loss to ~1e-6 relative); reduced precision (bf16 autocast, TF32 on GPUs) is opt-in via
+``engine.precision`` and measures its own error (``SurfaceEvaluator.precision_check``).
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from .config import EngineConfig
 from .evaluate import Engine
 
 COMPILE_WORTH_S = 120.0   # expected eager work per rank above which compiling is worth its cost
-CPU_BATCH = 128
+CPU_BATCH = 64
 GPU_BATCH = 1024
 
 

@@ -164,7 +164,7 @@ def test_find_conv_bn_pairs_on_the_zoo():
 
 def test_engine_choice_rules():
     auto = choose(EngineConfig(device="cpu", threads=1), input_ndim=4)
-    assert auto.device == "cpu" and auto.fold_bn and auto.channels_last and auto.batch_size == 128
+    assert auto.device == "cpu" and auto.fold_bn and auto.channels_last and auto.batch_size == 64
     assert not choose(EngineConfig(device="cpu", threads=1), input_ndim=2).channels_last
     off = choose(EngineConfig(device="cpu", threads=3, fold_bn="off", channels_last="off"), batch_size=7)
     assert not off.fold_bn and not off.channels_last and off.threads == 3 and off.batch_size == 7
