@@ -61,6 +61,8 @@ class EngineConfig:
     fold_bn: str = "auto"           # auto | on | off: fold eval-mode BatchNorm into the preceding conv (exact)
     compile: str = "auto"           # auto | on | off: torch.compile the forward pass (auto: for long sweeps)
     precision: str = "fp32"         # fp32 | tf32 | bf16 (reduced precision is opt-in and recorded)
+    stream_data: str = "auto"       # auto | on | off: keep data on the host and stream it to the GPU in chunks
+                                    # (auto: when it would take more than half the GPU's free memory)
 
 
 @dataclass
@@ -98,6 +100,7 @@ class Config:
         _choice("engine.fold_bn", self.engine.fold_bn, ("auto", "on", "off"))
         _choice("engine.compile", self.engine.compile, ("auto", "on", "off"))
         _choice("engine.precision", self.engine.precision, ("fp32", "tf32", "bf16"))
+        _choice("engine.stream_data", self.engine.stream_data, ("auto", "on", "off"))
         _choice("sweep.mpi", self.sweep.mpi, ("auto", "on", "off"))
         _choice("sweep.io", self.sweep.io, ("auto", "mpio", "root"))
         if self.sweep.chunk < 0:

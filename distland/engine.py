@@ -80,6 +80,7 @@ def choose(cfg: EngineConfig, local_rank: int = 0, local_size: int = 1, batch_si
         compile=cfg.compile,
         threads=threads,
         precision=cfg.precision,
+        stream_data=cfg.stream_data,
     )
 
 

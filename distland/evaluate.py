@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import feed
 
 Tensors = Mapping[str, torch.Tensor]
 
@@ -33,6 +35,7 @@ class Engine:
     compile: str = "off"        # on | off | auto (decided after the first point, see sweep)
     threads: int = 0
     precision: str = "fp32"
+    stream_data: str = "auto"   # auto | on | off (resolved to on/off by the evaluator, see :mod:`distland.feed`)
 
 
 def cross_entropy_eval(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int,
@@ -40,16 +43,22 @@ def cross_entropy_eval(model: nn.Module, inputs: torch.Tensor, targets: torch.Te
                        ) -> Tuple[float, float]:
     """Mean cross-entropy (float64 accumulation) and accuracy in percent over all samples, in eval mode."""
     n = int(targets.shape[0])
+    batches = ((inputs[s:s + batch_size], targets[s:s + batch_size]) for s in range(0, n, batch_size))
+    return eval_batches(model, batches, n, inputs.device, poll, autocast)
+
+
+def eval_batches(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], n: int,
+                 device: torch.device, poll: Optional[Callable[[], None]] = None,
+                 autocast: Optional[torch.dtype] = None) -> Tuple[float, float]:
+    """:func:`cross_entropy_eval` over ``batches`` (on ``device``) holding ``n`` samples in all."""
     if n == 0:
         raise ValueError("the data split is empty; check data.max_samples and the data set")
-    device_type = inputs.device.type
     # Sums stay on the device until the end: no host synchronisation per batch on a GPU.
-    total = torch.zeros((), dtype=torch.float64, device=inputs.device)
-    correct = torch.zeros((), dtype=torch.int64, device=inputs.device)
-    with torch.inference_mode(), torch.autocast(device_type, dtype=autocast or torch.bfloat16,
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast or torch.bfloat16,
                                                 enabled=autocast is not None):
-        for start in range(0, n, batch_size):
-            x, y = inputs[start:start + batch_size], targets[start:start + batch_size]
+        for x, y in batches:
             out = model(x).float()
             total += F.cross_entropy(out, y, reduction="sum").double()
             correct += (out.argmax(1) == y).sum()
@@ -122,12 +131,12 @@ class SurfaceEvaluator:
         self._eager = exec_model
         self.model = exec_model
         self.compiled = False
-        self.data: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
-        for name, (x, y) in splits.items():
-            x = x.to(self.device)
-            if engine.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            self.data[name] = (x, y.to(self.device))
+        nbytes = sum(x.numel() * x.element_size() + y.numel() * y.element_size() for x, y in splits.values())
+        stream = feed.should_stream(engine.stream_data, nbytes, self.device)
+        self.engine.stream_data = "on" if stream else "off"   # resolved, as recorded in the file
+        self.data: Dict[str, feed.Split] = {
+            name: feed.place(x, y, self.device, engine.channels_last, engine.batch_size, stream)
+            for name, (x, y) in splits.items()}
         self._autocast = torch.bfloat16 if engine.precision == "bf16" else None
         if engine.compile == "on":
             self.compile_model()
@@ -187,9 +196,9 @@ class SurfaceEvaluator:
             return True
         try:
             compiled = torch.compile(self._eager)
-            for name, (x, y) in self.data.items():
-                ref = cross_entropy_eval(self._eager, x, y, self.engine.batch_size, None, self._autocast)
-                got = cross_entropy_eval(compiled, x, y, self.engine.batch_size, None, self._autocast)
+            for name in self.data:
+                ref = self._eval(self._eager, name, None, self._autocast)
+                got = self._eval(compiled, name, None, self._autocast)
                 if abs(got[0] - ref[0]) > 1e-4 * max(abs(ref[0]), 1e-12):
                     warnings.warn(f"torch.compile changed the {name} loss from {ref[0]} to {got[0]}; running eagerly")
                     return False
@@ -222,9 +231,8 @@ class SurfaceEvaluator:
                 if cuda:
                     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
                 exact = {}
-                for name, (x, y) in self.data.items():
-                    loss, acc = cross_entropy_eval(self._eager, x, y, self.engine.batch_size)
-                    exact[f"{name}_loss"], exact[f"{name}_acc"] = loss, acc
+                for name in self.data:
+                    exact[f"{name}_loss"], exact[f"{name}_acc"] = self._eval(self._eager, name, None, None)
             finally:
                 if saved is not None:
                     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
@@ -239,7 +247,11 @@ class SurfaceEvaluator:
         """``{"<split>_loss": mean loss, "<split>_acc": percent}`` at the point ``coeffs``."""
         self.set_point(coeffs)
         out: Dict[str, float] = {}
-        for name, (x, y) in self.data.items():
-            loss, acc = cross_entropy_eval(self.model, x, y, self.engine.batch_size, poll, self._autocast)
-            out[f"{name}_loss"], out[f"{name}_acc"] = loss, acc
+        for name in self.data:
+            out[f"{name}_loss"], out[f"{name}_acc"] = self._eval(self.model, name, poll, self._autocast)
         return out
+
+    def _eval(self, model: nn.Module, name: str, poll: Optional[Callable[[], None]],
+              autocast: Optional[torch.dtype]) -> Tuple[float, float]:
+        split = self.data[name]
+        return eval_batches(model, split.batches(self.engine.batch_size), split.n, self.device, poll, autocast)
