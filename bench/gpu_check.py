@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -26,6 +26,34 @@ PAPER_POINTS = 51 * 51
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def vmapped(ev: SurfaceEvaluator) -> Callable[[List[Tuple[float, float]]], List[float]]:
+    """Loss at K grid points from one pass per batch: the evaluator's model called through
+    ``torch.func.functional_call`` under ``vmap`` over K stacked copies of the moving weights."""
+    state = ev._eager.state_dict(keep_vars=True)
+    by_ptr = {v.data_ptr(): k for k, v in state.items()}
+    moving = [(by_ptr[live.data_ptr()], base, ds) for live, base, ds in zip(ev._live, ev._base, ev._dirs)]
+    static = {k: v.detach() for k, v in state.items() if k not in {m[0] for m in moving}}
+    split = ev.data["train"]
+
+    def call(params: Dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(ev._eager, {**params, **static}, (xb,))
+
+    batched = torch.func.vmap(call, in_dims=(0, None))
+
+    def run(points: List[Tuple[float, float]]) -> List[float]:
+        with torch.inference_mode():
+            params = {name: torch.stack([base + sum(c * d for c, d in zip(p, ds)) for p in points])
+                      for name, base, ds in moving}
+            total = torch.zeros(len(points), dtype=torch.float64, device=ev.device)
+            for xb, yb in split.batches(ev.engine.batch_size):
+                out = batched(params, xb).float()                   # [K, B, classes]
+                total += torch.nn.functional.cross_entropy(
+                    out.flatten(0, 1), yb.repeat(len(points)), reduction="none").view(len(points), -1).sum(1).double()
+        return (total / split.n).tolist()
+
+    return run
 
 
 def main() -> None:
@@ -68,12 +96,16 @@ def main() -> None:
                    dict(batch_size=2048, channels_last=True, fold_bn=True, precision="bf16", compile="on"),
                    # data that would not fit: host-resident, streamed in pinned chunks on a side stream
                    dict(batch_size=2048, channels_last=True, fold_bn=True, precision="fp32", stream_data="on")]
+    # several grid points per pass (vmap over stacked weights): slower on CPUs, maybe not on a GPU
+    candidates += [dict(batch_size=bs, channels_last=True, fold_bn=True, precision="fp32", points_per_pass=k)
+                   for bs, k in ((1024, 4), (512, 16))]
     results = []
     reference_loss = None
     for cand in candidates:
         if time.monotonic() - t_start > args.budget:
             print(f"budget of {args.budget:.0f} s reached; skipping the remaining variants")
             break
+        per_pass = cand.pop("points_per_pass", 1)
         eng = Engine(device=dev, compile=cand.pop("compile", "off"), **cand)
         if dev.startswith("cuda"):
             allow = eng.precision == "tf32"
@@ -83,25 +115,30 @@ def main() -> None:
         try:
             t0 = time.perf_counter()
             ev = SurfaceEvaluator(model, ref, dirs, {"train": (x, y)}, eng)
-            first = ev.evaluate((0.0, 0.0))["train_loss"]
+            if per_pass == 1:
+                def run(points: List[Tuple[float, float]]) -> List[float]:
+                    return [ev.evaluate(p)["train_loss"] for p in points]
+            else:
+                run = vmapped(ev)
+            first = run([(0.0, 0.0)] * per_pass)[0]
             sync(dev)
             setup = time.perf_counter() - t0
             t0 = time.perf_counter()
             for k in range(args.points):
-                ev.evaluate((0.1 * (k + 1), -0.05 * k))
+                run([(0.1 * (k + 1) + 0.01 * j, -0.05 * k) for j in range(per_pass)])
             sync(dev)
-            per_point = (time.perf_counter() - t0) / args.points
+            per_point = (time.perf_counter() - t0) / (args.points * per_pass)
         except Exception as e:  # noqa: BLE001 - report the variant as failed, keep going
-            print(f"  {eng}: failed ({type(e).__name__}: {str(e)[:120]})")
+            print(f"  {eng} x{per_pass}: failed ({type(e).__name__}: {str(e)[:120]})")
             continue
         if reference_loss is None:
             reference_loss = first
         rel = abs(first - reference_loss) / abs(reference_loss)
-        row = dict(engine=eng.__dict__, seconds_per_point=per_point, setup_seconds=setup, loss_at_center=first,
+        row = dict(engine=eng.__dict__, points_per_pass=per_pass, seconds_per_point=per_point, setup_seconds=setup, loss_at_center=first,
                    rel_error_vs_fp32=rel, sweep_51x51_minutes_1gpu=per_point * PAPER_POINTS / 60)
         results.append(row)
         print(f"  bs {eng.batch_size:5d} {'CL  ' if eng.channels_last else 'NCHW'} fold {int(eng.fold_bn)} "
-              f"{eng.precision:4s} compile {eng.compile:3s} stream {eng.stream_data:3s}: {per_point:7.3f} s/point (setup {setup:5.1f} s), "
+              f"{eng.precision:4s} compile {eng.compile:3s} stream {eng.stream_data:3s} x{per_pass:<2d}: {per_point:7.3f} s/point (setup {setup:5.1f} s), "
               f"rel. err {rel:.1e}, 51×51 on 1 GPU ≈ {row['sweep_51x51_minutes_1gpu']:.1f} min")
         del ev
         if dev.startswith("cuda"):
