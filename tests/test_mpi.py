@@ -2,6 +2,8 @@
 and a missing piece is a failure with the reason."""
 from __future__ import annotations
 
+import json
+
 import os
 import shutil
 import signal
@@ -103,6 +105,26 @@ def test_mpi_equals_serial(tmp_path, reference, np_):
         assert f.attrs["io"] == "mpio"
         assert len(f.attrs["devices"]) == np_
     assert r.stdout.count("distland surface:") == 1  # only rank 0 prints the summary
+
+
+def test_bf16_under_mpi_records_its_error_and_streamed_data_changes_nothing(tmp_path, reference):
+    # Reduced precision: root measures the error after the collective close; every rank streams its data.
+    cfg = write_config(tmp_path, "bf16", engine__precision="bf16", engine__stream_data="on")
+    r = run(2, cfg)
+    assert r.returncode == 0, r.stderr
+    assert "precision bf16: loss within" in r.stdout
+    out = arrays(tmp_path / "bf16.h5")
+    with h5py.File(tmp_path / "bf16.h5", "r") as f:
+        check = json.loads(f.attrs["precision_check"])
+        assert json.loads(f.attrs["engine"])["stream_data"] == "on"
+        assert int(f.attrs["compiled_ranks"]) == 0
+    measured = np.max(np.abs(out["train_loss"] - reference["train_loss"]) / np.abs(reference["train_loss"]))
+    assert 0 < check["max_rel_loss_error"] < 0.05 and 0 < measured < 0.05
+    # Exact and streamed: equal to the serial reference bit for bit.
+    cfg = write_config(tmp_path, "streamed", engine__stream_data="on")
+    r = run(2, cfg)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(arrays(tmp_path / "streamed.h5")["train_loss"], reference["train_loss"])
 
 
 def test_root_writer_fallback_equals_serial(tmp_path, reference):
