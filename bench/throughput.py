@@ -2,7 +2,8 @@
 
 1. Throughput with 1 vs 2 ranks on this machine's cores, one thread per rank (target ≥ 1.8×).
 2. Coordinator overhead: a trivial model on 8 and 16 oversubscribed ranks — units and points dispatched per second
-   and the fraction of wall time the ranks spent waiting for work while the queue still had some (target < 1%).
+   and the share of the workers' wall time not spent evaluating (target < 1%): waiting for a unit, sending
+   results, waiting for the others at the end — everything but the work itself.
 
 Usage: ``python bench/throughput.py [--quick]`` (as root, the Open MPI root variables are set for you).
 """
@@ -49,11 +50,14 @@ def run(ranks: int, config: Path, overrides: List[str]) -> dict:
 
 
 def waiting(res: dict) -> str:
-    """Share of the workers' wall time spent waiting for work (and, after the queue ran dry, for the others)."""
+    """How much of the workers' wall time was not spent evaluating: the coordinator's overhead, all of it (waiting
+    for a unit, sending results, and at the end waiting for the others), and the part spent waiting for a unit."""
     workers = [s for s in res["stats"] if s["rank"] != 0]
     wall = sum(s["wall_s"] for s in workers)
-    return (f"workers waiting for work {100 * sum(s['wait_s'] for s in workers) / wall:.2f}% of their wall time "
-            f"(+{100 * sum(s['tail_s'] for s in workers) / wall:.2f}% at the end, waiting for others to finish)")
+    idle = 100 * (1 - sum(s["busy_s"] for s in workers) / wall)
+    return (f"workers idle {idle:.2f}% of their wall time (waiting for a unit "
+            f"{100 * sum(s['wait_s'] for s in workers) / wall:.2f}%, after the queue ran dry "
+            f"{100 * sum(s['tail_s'] for s in workers) / wall:.2f}%)")
 
 
 def sweep_seconds(res: dict) -> float:

@@ -9,8 +9,9 @@ much for a short calibration to pick reliably), from measurements side by side (
   WRN-56-2 and DenseNet-121 within 0–18% of their best, never slower than 128); activations stay in cache.
 - one thread per core, the cores split between the ranks of a node.
 - ``torch.compile`` fuses the elementwise work between convolutions (7–25% faster here) for 5–25 s of compilation,
-  which pays off only for long sweeps: ``engine.compile: auto`` times this rank's first point and compiles when
-  the rank's expected remaining work exceeds :data:`COMPILE_WORTH_S`.
+  which pays off only for long sweeps: ``engine.compile: auto`` times this rank's first points and compiles when
+  the rank's expected remaining work exceeds :data:`COMPILE_WORTH_S` (the coordinator of a multi-rank job never
+  compiles: it must keep answering the workers).
 - one grid point per pass: several (vmap over stacked weights) measured slower on CPUs (1.35–1.65 s vs 0.79 s).
 
 Every choice is exact (same loss to ~1e-6 relative); reduced precision (bf16 autocast, TF32 on GPUs) is opt-in via
@@ -27,6 +28,7 @@ from .config import EngineConfig
 from .evaluate import Engine
 
 COMPILE_WORTH_S = 120.0   # expected eager work per rank above which compiling is worth its cost
+AUTO_COMPILE_POINTS = 3   # points timed before deciding (the least of them is the steady cost)
 CPU_BATCH = 64
 GPU_BATCH = 1024
 

@@ -87,22 +87,51 @@ def static_blocks(n: int, nranks: int) -> List[Tuple[int, int]]:
     return bounds
 
 
-def chunk_size(remaining: int, nranks: int, rate: float = 0.0, target_seconds: float = 0.5,
-               max_chunk: int = 4096, fixed: int = 0) -> int:
-    """Points in the next work unit: about ``target_seconds`` of work, never more than a fair share.
+GROWTH = 4   # slow start: a rank's next unit is at most this many times its previous one
 
-    ``rate`` is one rank's measured points per second (0 while unknown: then one point). Units of ~0.5 s keep the
-    coordinator's message rate low with fast models while slow points (a full CIFAR pass) go one at a time;
-    the guided cap ``remaining / (2·nranks)`` shrinks units towards the end so no rank is left holding a long one
-    while the others idle. ``max_chunk`` bounds what a killed rank can lose.
+
+def chunk_size(remaining: int, nranks: int, rate: float = 0.0, target_seconds: float = 0.5,
+               max_chunk: int = 4096, fixed: int = 0, previous: int = 0) -> int:
+    """Points in the next work unit for a rank whose previous unit had ``previous`` points (0: none yet).
+
+    About ``target_seconds`` of work at ``rate`` (one rank's measured points per second; 0 while unknown), so
+    the coordinator's message rate stays low with fast models while slow points (a full CIFAR pass) go one at a
+    time. Never more than a fair share: the guided cap ``remaining / (2·nranks)`` shrinks units towards the end so
+    no rank is left holding a long one while the others idle. Slow start: while the cost is unknown units go 1, 2,
+    4, …, and after that each is at most GROWTH× the rank's previous one, so one optimistic timing (a point
+    measured while an oversubscribed rank briefly had a core to itself) cannot hand out a unit that outlasts
+    everyone else's work. ``max_chunk`` bounds what a killed rank can lose.
     """
     if remaining <= 0:
         return 0
     if fixed > 0:
         return min(fixed, remaining)
     guided = math.ceil(remaining / (2 * max(1, nranks)))
-    timed = math.ceil(rate * target_seconds) if rate > 0 else 1
+    if rate > 0:
+        timed = math.ceil(rate * target_seconds)
+        if previous > 0:
+            timed = min(timed, GROWTH * previous)
+    else:
+        timed = 2 * previous if previous > 0 else 1
     return max(1, min(remaining, max_chunk, guided, timed))
+
+
+def to_runs(points: Sequence[int]) -> List[Tuple[int, int]]:
+    """``points`` as ``(start, stop)`` runs of consecutive indices: a work unit's message stays a few bytes
+    (a fresh sweep's unit is one run), below MPI's eager limit however many points it holds."""
+    out: List[Tuple[int, int]] = []
+    for p in points:
+        p = int(p)
+        if out and out[-1][1] == p:
+            out[-1] = (out[-1][0], p + 1)
+        else:
+            out.append((p, p + 1))
+    return out
+
+
+def from_runs(runs: Sequence[Tuple[int, int]]) -> List[int]:
+    """The points of :func:`to_runs`' output, in order."""
+    return [p for start, stop in runs for p in range(start, stop)]
 
 
 def take(queue: List[int], n: int) -> List[int]:

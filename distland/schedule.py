@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .comm import TAG_DONE, TAG_ERROR, TAG_WORK, Comm
-from .grid import chunk_size, take
+from .grid import chunk_size, from_runs, take, to_runs
 
 Values = Dict[str, np.ndarray]
 EvalChunk = Callable[[List[int], Optional[Callable[[], None]]], Values]
@@ -66,28 +66,37 @@ class Progress:
 
 
 class _Rate:
-    """Smoothed points per second of one rank, for sizing units."""
+    """Points per second of one rank, for sizing units: a ratio of decayed sums, so each unit counts by its
+    length (a one-point unit timed in a lucky moment cannot outweigh a long one) and older units fade."""
+
+    DECAY = 0.7
 
     def __init__(self) -> None:
-        self.value = 0.0
+        self.points = 0.0
+        self.seconds = 0.0
+
+    @property
+    def value(self) -> float:
+        return self.points / self.seconds if self.seconds > 0 else 0.0
 
     def update(self, points: int, seconds: float) -> None:
         if seconds > 0 and points > 0:
-            r = points / seconds
-            self.value = r if self.value == 0 else 0.7 * self.value + 0.3 * r
+            self.points = self.DECAY * self.points + points
+            self.seconds = self.DECAY * self.seconds + seconds
 
 
 def run(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Optional[Write], root_writes: bool,
-        progress: Optional[Progress] = None, fixed_chunk: int = 0,
-        on_values: Optional[Callable[[Sequence[int], Values], None]] = None) -> List[RankStats]:
+        progress: Optional[Progress] = None, fixed_chunk: int = 0) -> List[RankStats]:
     """Evaluate every point of ``queue`` (meaningful on rank 0 only) across all ranks; returns every rank's
     stats on rank 0 (its own only elsewhere).
 
     ``write`` stores a unit's values from the rank that computed it; with ``root_writes`` (h5py without MPI) the
-    workers send values to rank 0, which writes them all.
+    workers send values to rank 0, which writes them all. Otherwise every message is a few bytes (units go as
+    runs of indices, results stay with the worker that wrote them): messages above MPI's eager limit need the
+    sender scheduled again to complete, which on a loaded node costs a scheduler quantum per message.
     """
     if comm.is_root:
-        return _coordinate(comm, list(queue), evaluate, write, root_writes, progress, fixed_chunk, on_values)
+        return _coordinate(comm, list(queue), evaluate, write, root_writes, progress, fixed_chunk)
     return [_work(comm, evaluate, None if root_writes else write)]
 
 
@@ -96,11 +105,12 @@ def _work(comm: Comm, evaluate: EvalChunk, write: Optional[Write]) -> RankStats:
     t_start = time.monotonic()
     while True:
         t0 = time.monotonic()
-        unit, _, _ = comm.recv(source=0, tag=TAG_WORK)
-        if unit is None:
+        runs, _, _ = comm.recv(source=0, tag=TAG_WORK)
+        if runs is None:
             stats.tail_s = time.monotonic() - t0
             break
         stats.wait_s += time.monotonic() - t0
+        unit = from_runs(runs)
         t1 = time.monotonic()
         values = evaluate(unit, None)
         if write is not None:
@@ -109,14 +119,13 @@ def _work(comm: Comm, evaluate: EvalChunk, write: Optional[Write]) -> RankStats:
         stats.busy_s += elapsed
         stats.points += len(unit)
         stats.units += 1
-        comm.send((unit, values, elapsed), dest=0, tag=TAG_DONE)
+        comm.send((runs, None if write is not None else values, elapsed), dest=0, tag=TAG_DONE)
     stats.wall_s = time.monotonic() - t_start
     return stats
 
 
 def _coordinate(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Optional[Write], root_writes: bool,
-                progress: Optional[Progress], fixed_chunk: int,
-                on_values: Optional[Callable[[Sequence[int], Values], None]]) -> List[RankStats]:
+                progress: Optional[Progress], fixed_chunk: int) -> List[RankStats]:
     n = comm.size
     rates = [_Rate() for _ in range(n)]
     held = [0] * n
@@ -124,31 +133,31 @@ def _coordinate(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Option
     stats = RankStats(0)
     t_start = time.monotonic()
 
-    sent = [0] * n
+    previous = [0] * n   # size of the last unit handed to each rank (slow start, see grid.chunk_size)
 
     def next_unit(rank: int) -> List[int]:
         rate = rates[rank].value or max((r.value for r in rates), default=0.0)
-        size = chunk_size(len(queue), n, rate, fixed=fixed_chunk)
-        if rate == 0 and not fixed_chunk:
-            size = min(2 ** sent[rank], chunk_size(len(queue), n))  # cost unknown yet: 1, 2, 4, … points
-        sent[rank] += 1
+        size = chunk_size(len(queue), n, rate, fixed=fixed_chunk, previous=previous[rank])
+        previous[rank] = size
         return take(queue, size)
 
     # The coordinator never blocks in a send: a large unit goes by rendezvous, and a worker that is itself
     # blocked sending its results to us would never post the receive — a deadlock. Requests are kept (they own
-    # the buffers) until MPI reports them complete.
+    # the buffers) until MPI reports them complete, and tested all at once, only when they have piled up: each
+    # test is a progress call, which on an oversubscribed node gives the core away.
     in_flight: List[object] = []
 
     def reap() -> None:
-        in_flight[:] = [r for r in in_flight if not comm.done(r)]
+        in_flight[:] = comm.incomplete(in_flight)
 
     def post(obj: object, rank: int) -> None:
-        reap()
+        if len(in_flight) >= 2 * n:
+            reap()
         in_flight.append(comm.isend(obj, dest=rank, tag=TAG_WORK))
 
     def feed(rank: int) -> None:
         while held[rank] < CREDIT and queue:
-            post(next_unit(rank), rank)
+            post(to_runs(next_unit(rank)), rank)
             held[rank] += 1
         if not queue and held[rank] == 0 and not stopped[rank]:
             post(None, rank)
@@ -157,13 +166,12 @@ def _coordinate(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Option
     def handle(msg: object, source: int, tag: int) -> None:
         if tag == TAG_ERROR:
             comm.remote_failure(msg)  # type: ignore[arg-type]
-        unit, values, elapsed = msg  # type: ignore[misc]
+        runs, values, elapsed = msg  # type: ignore[misc]
+        unit = from_runs(runs)
         held[source] -= 1
         rates[source].update(len(unit), elapsed)
         if root_writes and write is not None:
             write(unit, values)
-        if on_values is not None:
-            on_values(unit, values)
         if progress is not None:
             progress.add(len(unit))
         feed(source)
@@ -185,8 +193,6 @@ def _coordinate(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Option
         stats.busy_s += elapsed
         stats.points += len(unit)
         stats.units += 1
-        if on_values is not None:
-            on_values(unit, values)
         if progress is not None:
             progress.add(len(unit))
     for rank in range(1, n):

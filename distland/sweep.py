@@ -267,17 +267,24 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
     queue = writer.pending() if comm.is_root and writer is not None else []
     metrics = plan.spec.metrics
 
-    auto_compile = [eng.compile == "auto"]
+    # engine.compile: auto is decided once per rank, from its steady cost per point: the least of its first
+    # AUTO_COMPILE_POINTS (the first carries one-time start-up costs, and one slow timing on a loaded machine
+    # must not buy 5-25 s of compilation for a cheap model). Never on the coordinator of a multi-rank job: while
+    # it compiled it could hand out no work.
+    probe: Dict[str, Any] = {"times": [] if eng.compile == "auto" and (comm.size == 1 or not comm.is_root) else None}
 
     def evaluate(unit: List[int], poll: Any) -> Dict[str, np.ndarray]:
         rows = []
         for p in unit:
             t0 = time.perf_counter()
             rows.append(evaluator.evaluate(grid.coords(p), poll))
-            if auto_compile[0]:  # decide once, from this rank's first point
-                auto_compile[0] = False
-                if engines.worth_compiling(time.perf_counter() - t0, plan.pending // comm.size):
-                    evaluator.compile_model()
+            times = probe["times"]
+            if times is not None:
+                times.append(time.perf_counter() - t0)
+                if len(times) >= engines.AUTO_COMPILE_POINTS or len(times) >= plan.pending:
+                    probe["times"] = None
+                    if engines.worth_compiling(min(times), plan.pending // comm.size - len(times)):
+                        evaluator.compile_model()
         return {m: np.array([r[m] for r in rows], dtype=np.float64) for m in metrics}
 
     progress = None

@@ -4,6 +4,7 @@ reason for it)."""
 from __future__ import annotations
 
 import json
+import time
 
 import h5py
 import numpy as np
@@ -293,6 +294,35 @@ def test_compile_matches_eager_and_falls_back_when_it_fails(monkeypatch):
     assert not fallback.compiled
     assert fallback.evaluate((0.3, -0.2))["train_loss"] == eager.evaluate((0.3, -0.2))["train_loss"]
     assert worth_compiling(1.0, 200) and not worth_compiling(0.01, 200)
+
+
+def test_auto_compile_is_decided_once_from_the_steady_point_time(tmp_path, digits_train, monkeypatch):
+    """engine.compile: auto times three points and decides from the least (the first carries start-up costs)."""
+    from distland import engine, evaluate
+
+    calls, timed = [], []
+    real = evaluate.SurfaceEvaluator.evaluate
+
+    def timed_evaluate(self, coeffs, poll=None):
+        t0 = time.perf_counter()
+        out = real(self, coeffs, poll)
+        timed.append(time.perf_counter() - t0)
+        return out
+
+    def decide(point_s, points_left):
+        calls.append((point_s, points_left))
+        return True
+
+    monkeypatch.setattr(evaluate.SurfaceEvaluator, "evaluate", timed_evaluate)
+    monkeypatch.setattr(engine, "worth_compiling", decide)
+    summary = run_surface(small_config(tmp_path / "s.h5", "engine.compile=auto"))   # 3×3 = 9 points
+    assert len(calls) == 1
+    point_s, left = calls[0]
+    assert left == 6
+    assert min(timed[:3]) <= point_s <= min(timed[:3]) + 1e-3   # the least of the three, not the first
+    assert summary.compiled == 1 and "torch.compile on 1 of 1" in summary.text()
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert int(f.attrs["compiled_ranks"]) == 1
 
 
 # --------------------------------------------------------------------------------------------- reduced precision

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from distland.config import GridConfig
-from distland.grid import Grid, axis, chunk_size, iter_chunks, segments, static_blocks, take
+from distland.grid import Grid, axis, chunk_size, from_runs, iter_chunks, segments, static_blocks, take, to_runs
 
 
 # --------------------------------------------------------------------------------------------- Grid
@@ -124,6 +124,34 @@ def test_chunk_size_caps_and_targets():
     assert chunk_size(100_000, 1, rate=0.01) == 1  # slow points go one at a time
     assert chunk_size(10, 2, rate=1e9) == 3  # guided: ceil(10 / (2*2))
     assert chunk_size(100_000, 1, rate=1e9, fixed=3000) == 3000  # a fixed chunk is honoured as given
+
+
+def test_chunk_size_slow_start():
+    # Unknown cost: 1, 2, 4, … points.
+    sizes, prev = [], 0
+    for _ in range(4):
+        prev = chunk_size(100_000, 4, 0.0, previous=prev)
+        sizes.append(prev)
+    assert sizes == [1, 2, 4, 8]
+    # Known but possibly optimistic cost: at most 4x the previous unit, however high the rate looks.
+    assert chunk_size(100_000, 4, rate=1e6, previous=2) == 8
+    assert chunk_size(100_000, 4, rate=1e6, previous=1000) == 4000
+    assert chunk_size(100_000, 4, rate=10.0, previous=1000) == 5   # slower than thought: shrink at once
+    # The caps still hold during the ramp.
+    assert chunk_size(10, 2, rate=1e6, previous=100) == 3
+    assert chunk_size(100_000, 1, rate=1e9, previous=4000) == 4096
+
+
+@pytest.mark.parametrize("points", [[], [7], list(range(5, 2505)), [0, 1, 2, 5, 6, 9, 11, 12], list(range(0, 40, 2)),
+                                    [3, 2, 1]])
+def test_runs_round_trip(points):
+    runs = to_runs(points)
+    assert from_runs(runs) == points
+    assert all(start < stop for start, stop in runs)
+    if points == list(range(5, 2505)):
+        assert runs == [(5, 2505)]   # a fresh sweep's unit is one run, however long
+    if points == [0, 1, 2, 5, 6, 9, 11, 12]:
+        assert runs == [(0, 3), (5, 7), (9, 10), (11, 13)]
 
 
 def test_take_and_iter_chunks():
