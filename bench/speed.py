@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from distland import directions as D
 from distland.config import EngineConfig
-from distland.engine import choose
+from distland.engine import choose, largest_activation
 from distland.evaluate import Engine, SurfaceEvaluator, cross_entropy_eval
 from distland.models import build_model
 
@@ -205,7 +205,7 @@ def main() -> None:
         return cross_entropy_eval(bare_model, x, y, 128)[0]
 
     # (3) distland's engine as a long sweep runs it (compile: auto decides yes), and (3b) without compiling
-    eng = choose(EngineConfig(threads=torch.get_num_threads()))
+    eng = choose(EngineConfig(threads=torch.get_num_threads()), activation_bytes=largest_activation(model, x))
     label = (f"{eng.batch_size}/{'CL' if eng.channels_last else 'NCHW'}{'+fold' if eng.fold_bn else ''}")
     ev_eager = SurfaceEvaluator(model, ref, [dx, dy], {"train": (x, y)}, eng)
     ev = SurfaceEvaluator(model, ref, [dx, dy], {"train": (x, y)}, eng)

@@ -5,8 +5,11 @@ much for a short calibration to pick reliably), from measurements side by side (
 
 - channels_last for image models, and eval-mode BN folded into its conv: oneDNN's NHWC convolutions reach
   200–250 GFLOP/s on the 2-core CI machines where NCHW ones reach 140–200 (the 3-channel stem conv: 150 vs 17).
-- batch 64 on CPUs: every model measured ran fastest at 32–64 (ResNet-20 b64 5–7% faster than b128; VGG-9,
-  WRN-56-2 and DenseNet-121 within 0–18% of their best, never slower than 128); activations stay in cache.
+- on CPUs, the batch that keeps a layer's activations in cache: CPU_CACHE_BYTES divided by the largest
+  activation of one sample, as a power of two within [CPU_BATCH_MIN, CPU_BATCH_MAX]. Measured: ResNet-20
+  (64 KiB per sample → 64) runs 5–7% faster at 64 than at 128; VGG-9, WRN-56-2 and DenseNet-121 (≥ 128 KiB →
+  32) were fastest at 32; the demo CNN on 8×8 digits (a few KiB → 1,024) runs 1.5–2× faster at 512–2,048 than
+  at 64–128, where per-batch overhead dominates.
 - one thread per core, the cores split between the ranks of a node.
 - ``torch.compile`` fuses the elementwise work between convolutions (7–25% faster here) for 5–25 s of compilation,
   which pays off only for long sweeps: ``engine.compile: auto`` times this rank's first points and compiles when
@@ -29,7 +32,8 @@ from .evaluate import Engine
 
 COMPILE_WORTH_S = 120.0   # expected eager work per rank above which compiling is worth its cost
 AUTO_COMPILE_POINTS = 3   # points timed before deciding (the least of them is the steady cost)
-CPU_BATCH = 64
+CPU_CACHE_BYTES = 4 << 20   # activations of one layer for a whole batch: about a core's share of L2 + L3
+CPU_BATCH_MIN, CPU_BATCH_MAX = 32, 1024
 GPU_BATCH = 1024
 
 
@@ -58,9 +62,35 @@ def cores_available() -> int:
         return os.cpu_count() or 1
 
 
+def largest_activation(model: torch.nn.Module, sample: torch.Tensor) -> int:
+    """Bytes of the largest tensor any leaf module of ``model`` outputs for one sample (``sample[:1]``)."""
+    largest = [sample[:1].numel() * sample.element_size()]
+
+    def hook(_mod: torch.nn.Module, _inp: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.inference_mode():
+            model.eval()(sample[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return largest[0]
+
+
+def cpu_batch(activation_bytes: int) -> int:
+    """The CPU batch size for a model whose largest activation is ``activation_bytes`` per sample (see above)."""
+    fits = max(1, CPU_CACHE_BYTES // max(1, activation_bytes))
+    return min(CPU_BATCH_MAX, max(CPU_BATCH_MIN, 1 << (fits.bit_length() - 1)))
+
+
 def choose(cfg: EngineConfig, local_rank: int = 0, local_size: int = 1, batch_size: int = 0,
-           input_ndim: int = 4, cores: Optional[int] = None) -> Engine:
-    """The engine for one rank. ``local_size`` ranks share this node's cores (unless pinned by the launcher)."""
+           input_ndim: int = 4, cores: Optional[int] = None, activation_bytes: int = 64 << 10) -> Engine:
+    """The engine for one rank. ``local_size`` ranks share this node's cores (unless pinned by the launcher);
+    ``activation_bytes`` (:func:`largest_activation`) sizes CPU batches."""
     device = pick_device(cfg.device, local_rank)
     on_gpu = device.startswith("cuda")
     if cfg.threads > 0:
@@ -76,7 +106,7 @@ def choose(cfg: EngineConfig, local_rank: int = 0, local_size: int = 1, batch_si
     four_d = input_ndim == 4
     return Engine(
         device=device,
-        batch_size=batch_size or (GPU_BATCH if on_gpu else CPU_BATCH),
+        batch_size=batch_size or (GPU_BATCH if on_gpu else cpu_batch(activation_bytes)),
         channels_last=four_d if cfg.channels_last == "auto" else cfg.channels_last == "on",
         fold_bn=cfg.fold_bn != "off",
         compile=cfg.compile,

@@ -163,6 +163,23 @@ def test_find_conv_bn_pairs_on_the_zoo():
     assert pairs == []
 
 
+def test_cpu_batch_keeps_one_layer_of_activations_in_cache():
+    from distland.engine import CPU_BATCH_MAX, CPU_BATCH_MIN, cpu_batch, largest_activation
+
+    # ResNet-20: the widest activation is 16 channels at 32x32 in float32.
+    assert largest_activation(make_model("resnet20"), torch.randn(5, 3, 32, 32)) == 16 * 32 * 32 * 4
+    assert cpu_batch(16 * 32 * 32 * 4) == 64
+    assert cpu_batch(64 * 32 * 32 * 4) == CPU_BATCH_MIN          # wide nets: never below the floor
+    assert cpu_batch(100) == CPU_BATCH_MAX                       # tiny models: per-batch overhead dominates
+    for size in (1, 1000, 70_000, 10**7):
+        b = cpu_batch(size)
+        assert CPU_BATCH_MIN <= b <= CPU_BATCH_MAX and b & (b - 1) == 0   # a power of two in range
+    # The sweep uses it: the demo CNN on 8x8 digits gets large CPU batches.
+    cpu = choose(EngineConfig(device="cpu", threads=1),
+                 activation_bytes=largest_activation(make_model("democnn"), torch.randn(2, 1, 8, 8)))
+    assert cpu.batch_size >= 512
+
+
 def test_engine_choice_rules():
     auto = choose(EngineConfig(device="cpu", threads=1), input_ndim=4)
     assert auto.device == "cpu" and auto.fold_bn and auto.channels_last and auto.batch_size == 64
