@@ -63,13 +63,13 @@ class StreamedSplit:
         cuda = device.type == "cuda"
         # Host copy in the model's memory format (a batch slice of NHWC is contiguous, so one DMA per chunk),
         # page-locked where the OS allows it (a non-pinned copy is slower but still correct).
-        host = x.contiguous(memory_format=fmt)
+        host_x, host_y = x.contiguous(memory_format=fmt), y.contiguous()
         if cuda:
             try:
-                host = host.pin_memory()
+                host_x, host_y = host_x.pin_memory(), host_y.pin_memory()
             except RuntimeError:
                 pass
-        self.x, self.y = host, y.contiguous()
+        self.x, self.y = host_x, host_y
         per_sample = max(1, x[:1].numel() * x.element_size())
         # Whole batches per chunk, so no batch straddles two chunks (same batches, same sums as resident).
         batches = max(1, (chunk_bytes or CHUNK_BYTES) // (per_sample * batch_size))
