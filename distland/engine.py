@@ -63,7 +63,8 @@ def cores_available() -> int:
 
 
 def largest_activation(model: torch.nn.Module, sample: torch.Tensor) -> int:
-    """Bytes of the largest tensor any leaf module of ``model`` outputs for one sample (``sample[:1]``)."""
+    """Bytes of the largest tensor any leaf module of ``model`` outputs for one sample (``sample[:1]``); 0 when
+    the model cannot run on a single sample (the batch rule then falls back to ResNet-20's 64 KiB)."""
     largest = [sample[:1].numel() * sample.element_size()]
 
     def hook(_mod: torch.nn.Module, _inp: object, out: object) -> None:
@@ -75,6 +76,8 @@ def largest_activation(model: torch.nn.Module, sample: torch.Tensor) -> int:
     try:
         with torch.inference_mode():
             model.eval()(sample[:1])
+    except Exception:  # noqa: BLE001 - a sizing hint only; the real forward passes report real errors
+        return 0
     finally:
         for h in handles:
             h.remove()
@@ -106,7 +109,7 @@ def choose(cfg: EngineConfig, local_rank: int = 0, local_size: int = 1, batch_si
     four_d = input_ndim == 4
     return Engine(
         device=device,
-        batch_size=batch_size or (GPU_BATCH if on_gpu else cpu_batch(activation_bytes)),
+        batch_size=batch_size or (GPU_BATCH if on_gpu else cpu_batch(activation_bytes or 64 << 10)),
         channels_last=four_d if cfg.channels_last == "auto" else cfg.channels_last == "on",
         fold_bn=cfg.fold_bn != "off",
         compile=cfg.compile,

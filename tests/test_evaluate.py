@@ -174,6 +174,15 @@ def test_cpu_batch_keeps_one_layer_of_activations_in_cache():
     for size in (1, 1000, 70_000, 10**7):
         b = cpu_batch(size)
         assert CPU_BATCH_MIN <= b <= CPU_BATCH_MAX and b & (b - 1) == 0   # a power of two in range
+    # A model that cannot run on one sample gets the default, not an error (the sizing is only a hint).
+    class NeedsTwo(nn.Module):
+        def forward(self, x):
+            if x.shape[0] < 2:
+                raise RuntimeError("batch of one")
+            return x
+
+    assert largest_activation(NeedsTwo(), torch.randn(4, 3)) == 0
+    assert choose(EngineConfig(device="cpu", threads=1), activation_bytes=0).batch_size == 64
     # The sweep uses it: the demo CNN on 8x8 digits gets large CPU batches.
     cpu = choose(EngineConfig(device="cpu", threads=1),
                  activation_bytes=largest_activation(make_model("democnn"), torch.randn(2, 1, 8, 8)))
