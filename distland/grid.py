@@ -87,6 +87,7 @@ def static_blocks(n: int, nranks: int) -> List[Tuple[int, int]]:
     return bounds
 
 
+TAIL_SECONDS = 0.05   # the least work a unit holds once the speed is known (see chunk_size)
 GROWTH = 4   # slow start: a rank's next unit is at most this many times its previous one
 
 
@@ -97,7 +98,7 @@ def chunk_size(remaining: int, nranks: int, rate: float = 0.0, target_seconds: f
     About ``target_seconds`` of work at ``rate`` (one rank's measured points per second; 0 while unknown), so
     the coordinator's message rate stays low with fast models while slow points (a full CIFAR pass) go one at a
     time. Never more than a fair share: the guided cap ``remaining / (2·nranks)`` shrinks units towards the end so
-    no rank is left holding a long one while the others idle. Slow start: while the cost is unknown units go 1, 2,
+    no rank is left holding a long one while the others idle, but not below TAIL_SECONDS of work. Slow start: while the cost is unknown units go 1, 2,
     4, …, and after that each is at most GROWTH× the rank's previous one, so one optimistic timing (a point
     measured while an oversubscribed rank briefly had a core to itself) cannot hand out a unit that outlasts
     everyone else's work. ``max_chunk`` bounds what a killed rank can lose.
@@ -113,7 +114,12 @@ def chunk_size(remaining: int, nranks: int, rate: float = 0.0, target_seconds: f
             timed = min(timed, GROWTH * previous)
     else:
         timed = 2 * previous if previous > 0 else 1
-    return max(1, min(remaining, max_chunk, guided, timed))
+    size = min(remaining, max_chunk, guided, timed)
+    if rate > 0:
+        # The guided cap must not shrink units below TAIL_SECONDS of work: at the end of a fast sweep, one-point
+        # units would cost a round trip each for a millisecond of work, and the imbalance this allows is small.
+        size = max(size, min(remaining, max_chunk, timed, math.ceil(rate * TAIL_SECONDS)))
+    return max(1, size)
 
 
 def to_runs(points: Sequence[int]) -> List[Tuple[int, int]]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from distland.config import GridConfig
-from distland.grid import Grid, axis, chunk_size, from_runs, iter_chunks, segments, static_blocks, take, to_runs
+from distland.grid import TAIL_SECONDS, Grid, axis, chunk_size, from_runs, iter_chunks, segments, static_blocks, take, to_runs
 
 
 # --------------------------------------------------------------------------------------------- Grid
@@ -111,7 +111,8 @@ def test_chunk_size_bounds(nranks):
                 if fixed:
                     assert c == min(fixed, remaining)
                 else:
-                    assert c <= math.ceil(remaining / (2 * nranks)) or c == 1
+                    # a fair share, or (fast points) the least work a unit holds
+                    assert c <= max(math.ceil(remaining / (2 * nranks)), math.ceil(rate * TAIL_SECONDS)) or c == 1
                     if rate == 0.0:
                         assert c == 1  # unknown speed: one point
 
@@ -122,7 +123,9 @@ def test_chunk_size_caps_and_targets():
     assert chunk_size(100_000, 1, rate=1e9, max_chunk=17) == 17
     assert chunk_size(100_000, 1, rate=40.0, target_seconds=0.5) == 20  # about half a second of work
     assert chunk_size(100_000, 1, rate=0.01) == 1  # slow points go one at a time
-    assert chunk_size(10, 2, rate=1e9) == 3  # guided: ceil(10 / (2*2))
+    assert chunk_size(10, 2, rate=40.0) == 3  # guided: ceil(10 / (2*2))
+    assert chunk_size(10, 2, rate=1e9) == 10  # ...but a unit keeps TAIL_SECONDS of work: 10 points are 10 ns
+    assert chunk_size(1000, 16, rate=1000.0) == 50  # guided 32 < 0.05 s of work at 1000 points/s
     assert chunk_size(100_000, 1, rate=1e9, fixed=3000) == 3000  # a fixed chunk is honoured as given
 
 
@@ -138,7 +141,7 @@ def test_chunk_size_slow_start():
     assert chunk_size(100_000, 4, rate=1e6, previous=1000) == 4000
     assert chunk_size(100_000, 4, rate=10.0, previous=1000) == 5   # slower than thought: shrink at once
     # The caps still hold during the ramp.
-    assert chunk_size(10, 2, rate=1e6, previous=100) == 3
+    assert chunk_size(10, 2, rate=10.0, previous=100) == 3
     assert chunk_size(100_000, 1, rate=1e9, previous=4000) == 4096
 
 
