@@ -85,13 +85,8 @@ class Comm:
         self.world.send(obj, dest=dest, tag=tag)
 
     def isend(self, obj: Any, dest: int, tag: int) -> Any:
-        """Non-blocking send; keep the returned request (it holds the buffer) until :meth:`done` says so."""
+        """Non-blocking send; keep the returned request (it holds the buffer) until :meth:`incomplete` drops it."""
         return self.world.isend(obj, dest=dest, tag=tag)
-
-    @staticmethod
-    def done(request: Any) -> bool:
-        """Whether a request from :meth:`isend` has completed (never blocks)."""
-        return bool(request.Test())
 
     def incomplete(self, requests: List[Any]) -> List[Any]:
         """The requests of ``requests`` still in flight, found with one progress call for all of them (never

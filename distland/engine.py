@@ -34,6 +34,7 @@ COMPILE_WORTH_S = 120.0   # expected eager work per rank above which compiling i
 AUTO_COMPILE_POINTS = 3   # points timed before deciding (the least of them is the steady cost)
 CPU_CACHE_BYTES = 4 << 20   # activations of one layer for a whole batch: about a core's share of L2 + L3
 CPU_BATCH_MIN, CPU_BATCH_MAX = 32, 1024
+DEFAULT_ACTIVATION_BYTES = 64 << 10   # when unknown: ResNet-20's (16 channels at 32×32, float32)
 GPU_BATCH = 1024
 
 
@@ -64,7 +65,7 @@ def cores_available() -> int:
 
 def largest_activation(model: torch.nn.Module, sample: torch.Tensor) -> int:
     """Bytes of the largest tensor any leaf module of ``model`` outputs for one sample (``sample[:1]``); 0 when
-    the model cannot run on a single sample (the batch rule then falls back to ResNet-20's 64 KiB)."""
+    the model cannot run on a single sample (the batch rule then uses DEFAULT_ACTIVATION_BYTES)."""
     largest = [sample[:1].numel() * sample.element_size()]
 
     def hook(_mod: torch.nn.Module, _inp: object, out: object) -> None:
@@ -85,15 +86,16 @@ def largest_activation(model: torch.nn.Module, sample: torch.Tensor) -> int:
 
 
 def cpu_batch(activation_bytes: int) -> int:
-    """The CPU batch size for a model whose largest activation is ``activation_bytes`` per sample (see above)."""
-    fits = max(1, CPU_CACHE_BYTES // max(1, activation_bytes))
+    """The CPU batch size for a model whose largest activation is ``activation_bytes`` per sample (see above; 0:
+    unknown)."""
+    fits = max(1, CPU_CACHE_BYTES // (activation_bytes or DEFAULT_ACTIVATION_BYTES))
     return min(CPU_BATCH_MAX, max(CPU_BATCH_MIN, 1 << (fits.bit_length() - 1)))
 
 
 def choose(cfg: EngineConfig, local_rank: int = 0, local_size: int = 1, batch_size: int = 0,
-           input_ndim: int = 4, cores: Optional[int] = None, activation_bytes: int = 64 << 10) -> Engine:
+           input_ndim: int = 4, cores: Optional[int] = None, activation_bytes: int = 0) -> Engine:
     """The engine for one rank. ``local_size`` ranks share this node's cores (unless pinned by the launcher);
-    ``activation_bytes`` (:func:`largest_activation`) sizes CPU batches."""
+    ``activation_bytes`` (:func:`largest_activation`, 0: unknown) sizes CPU batches."""
     device = pick_device(cfg.device, local_rank)
     on_gpu = device.startswith("cuda")
     if cfg.threads > 0:
@@ -109,7 +111,7 @@ def choose(cfg: EngineConfig, local_rank: int = 0, local_size: int = 1, batch_si
     four_d = input_ndim == 4
     return Engine(
         device=device,
-        batch_size=batch_size or (GPU_BATCH if on_gpu else cpu_batch(activation_bytes or 64 << 10)),
+        batch_size=batch_size or (GPU_BATCH if on_gpu else cpu_batch(activation_bytes)),
         channels_last=four_d if cfg.channels_last == "auto" else cfg.channels_last == "on",
         fold_bn=cfg.fold_bn != "off",
         compile=cfg.compile,

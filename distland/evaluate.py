@@ -32,7 +32,7 @@ class Engine:
     batch_size: int = 128
     channels_last: bool = False
     fold_bn: bool = False
-    compile: str = "off"        # on | off | auto (decided after the first point, see sweep)
+    compile: str = "off"        # on | off | auto (decided after the first points, see sweep)
     threads: int = 0
     precision: str = "fp32"
     stream_data: str = "auto"   # auto | on | off (resolved to on/off by the evaluator, see :mod:`distland.feed`)

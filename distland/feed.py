@@ -38,8 +38,6 @@ def should_stream(setting: str, nbytes: int, device: torch.device) -> bool:
 class ResidentSplit:
     """A split moved to the device once; batches are views."""
 
-    streamed = False
-
     def __init__(self, x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool) -> None:
         self.x = x.to(device).contiguous(memory_format=_fmt(x, channels_last))
         self.y = y.to(device)
@@ -52,8 +50,6 @@ class ResidentSplit:
 
 class StreamedSplit:
     """A split kept on the host and copied to the device chunk by chunk, double-buffered."""
-
-    streamed = True
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool,
                  batch_size: int, chunk_bytes: Optional[int] = None) -> None:
@@ -118,7 +114,7 @@ Split = Union[ResidentSplit, StreamedSplit]
 
 
 def place(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool, batch_size: int,
-          stream: Optional[bool]) -> Split:
+          stream: bool) -> Split:
     """The split on ``device``: streamed if ``stream``, else resident."""
     if stream:
         return StreamedSplit(x, y, device, channels_last, batch_size)

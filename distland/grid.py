@@ -98,10 +98,10 @@ def chunk_size(remaining: int, nranks: int, rate: float = 0.0, target_seconds: f
     About ``target_seconds`` of work at ``rate`` (one rank's measured points per second; 0 while unknown), so
     the coordinator's message rate stays low with fast models while slow points (a full CIFAR pass) go one at a
     time. Never more than a fair share: the guided cap ``remaining / (2·nranks)`` shrinks units towards the end so
-    no rank is left holding a long one while the others idle, but not below TAIL_SECONDS of work. Slow start: while the cost is unknown units go 1, 2,
-    4, …, and after that each is at most GROWTH× the rank's previous one, so one optimistic timing (a point
-    measured while an oversubscribed rank briefly had a core to itself) cannot hand out a unit that outlasts
-    everyone else's work. ``max_chunk`` bounds what a killed rank can lose.
+    no rank is left holding a long one while the others idle, but not below TAIL_SECONDS of work. Slow start:
+    while the cost is unknown units go 1, 2, 4, …, and after that each is at most GROWTH× the rank's previous one,
+    so one optimistic timing (a point measured while an oversubscribed rank briefly had a core to itself) cannot
+    hand out a unit that outlasts everyone else's work. ``max_chunk`` bounds what a killed rank can lose.
     """
     if remaining <= 0:
         return 0

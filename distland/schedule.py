@@ -167,13 +167,13 @@ def _coordinate(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Option
         if tag == TAG_ERROR:
             comm.remote_failure(msg)  # type: ignore[arg-type]
         runs, values, elapsed = msg  # type: ignore[misc]
-        unit = from_runs(runs)
+        points = sum(stop - start for start, stop in runs)
         held[source] -= 1
-        rates[source].update(len(unit), elapsed)
+        rates[source].update(points, elapsed)
         if root_writes and write is not None:
-            write(unit, values)
+            write(from_runs(runs), values)
         if progress is not None:
-            progress.add(len(unit))
+            progress.add(points)
         feed(source)
 
     def service() -> None:

@@ -138,9 +138,13 @@ class JobLock:
             self._fd = None
 
 
-def set_attrs(path: str, attrs: Mapping[str, Any]) -> None:
-    """Add or replace root attributes of a closed surface file (serially, by the process holding the job lock)."""
+def set_attrs(path: str, attrs: Mapping[str, Any], replace_prefix: str = "") -> None:
+    """Add or replace root attributes of a closed surface file (serially, by the process holding the job lock).
+    With ``replace_prefix``, every existing attribute under that prefix goes first (a report replaced whole)."""
     with _h5py().File(path, "r+") as f:
+        if replace_prefix:
+            for key in [k for k in f.attrs if k.startswith(replace_prefix)]:
+                del f.attrs[key]
         for key, value in attrs.items():
             f.attrs[key] = value
 

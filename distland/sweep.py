@@ -246,8 +246,9 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
     model = built["model"] if "model" in built else build_reference_model(cfg)[0]
     splits = built["splits"] if "splits" in built else load_data(cfg)
     sample = next(iter(splits.values()))[0]
+    activations = 0 if cfg.data.batch_size else engines.largest_activation(model, sample)  # sizes the CPU batch
     eng = engines.choose(cfg.engine, comm.local_rank, comm.local_size, cfg.data.batch_size, sample.dim(),
-                         activation_bytes=engines.largest_activation(model, sample))
+                         activation_bytes=activations)
     engines.apply_process_settings(eng)
     reference = dirs.reference_weights(model, cfg.directions.type)
     directions = [dirs.from_numpy(d) for d in plan.spec.directions]

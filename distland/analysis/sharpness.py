@@ -355,16 +355,14 @@ def _kind(data: Any) -> str:
 
 
 def store_report(path: str, report: Report, metric: Optional[str] = None) -> None:
-    """Write ``sharpness.<name>`` attributes on the file's root, replacing any from an earlier report."""
-    import h5py
+    """Write ``sharpness.<name>`` attributes on the file's root, replacing any from an earlier report (stale
+    numbers from other settings must go)."""
+    from ..surface import set_attrs
 
-    with h5py.File(path, "r+") as f:
-        for key in [k for k in f.attrs if k.startswith(PREFIX)]:   # stale numbers from other settings must go
-            del f.attrs[key]
-        for name, value in report.items():
-            f.attrs[PREFIX + name] = float(value)
-        if metric is not None:
-            f.attrs[PREFIX + "metric"] = metric
+    attrs: Dict[str, Any] = {PREFIX + name: float(value) for name, value in report.items()}
+    if metric is not None:
+        attrs[PREFIX + "metric"] = metric
+    set_attrs(path, attrs, replace_prefix=PREFIX)
 
 
 def read_report(attrs: Dict[str, Any]) -> Report:
