@@ -17,7 +17,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from distland import directions as D
-from distland.evaluate import Engine, SurfaceEvaluator
+from distland.engine import Engine
+from distland.evaluate import SurfaceEvaluator
 from distland.models import build_model
 
 PAPER_POINTS = 51 * 51

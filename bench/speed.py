@@ -39,8 +39,8 @@ import torch.nn.functional as F
 
 from distland import directions as D
 from distland.config import EngineConfig
-from distland.engine import choose, largest_activation
-from distland.evaluate import Engine, SurfaceEvaluator, cross_entropy_eval
+from distland.engine import Engine, choose, largest_activation
+from distland.evaluate import SurfaceEvaluator, cross_entropy_eval
 from distland.models import build_model
 
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)

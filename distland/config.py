@@ -85,6 +85,7 @@ class Config:
     directions: DirectionsConfig = field(default_factory=DirectionsConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     output: str = "surface.h5"
+    quantities: List[str] = field(default_factory=lambda: ["loss"])   # what each grid point computes
     engine: EngineConfig = field(default_factory=EngineConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
@@ -121,6 +122,13 @@ class Config:
             raise ConfigError("directions.kind 'file' needs directions.file")
         if not self.output:
             raise ConfigError("output must name the surface file to write")
+        from .quantities import REGISTRY as known  # the list of quantities lives with them
+
+        for name in self.quantities:
+            _choice("quantities", name, tuple(known))
+        if not self.quantities or len(set(self.quantities)) != len(self.quantities):
+            raise ConfigError(f"quantities must list each quantity once, from {', '.join(known)}; "
+                              f"got {self.quantities}")
         return self
 
     @property

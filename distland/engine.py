@@ -23,12 +23,12 @@ Every choice is exact (same loss to ~1e-6 relative); reduced precision (bf16 aut
 from __future__ import annotations
 
 import os
-from typing import Optional
+from dataclasses import dataclass
+from typing import List, Optional
 
 import torch
 
 from .config import EngineConfig
-from .evaluate import Engine
 
 COMPILE_WORTH_S = 120.0   # expected eager work per rank above which compiling is worth its cost
 AUTO_COMPILE_POINTS = 3   # points timed before deciding (the least of them is the steady cost)
@@ -36,6 +36,21 @@ CPU_CACHE_BYTES = 4 << 20   # activations of one layer for a whole batch: about 
 CPU_BATCH_MIN, CPU_BATCH_MAX = 32, 1024
 DEFAULT_ACTIVATION_BYTES = 64 << 10   # when unknown: ResNet-20's (16 channels at 32×32, float32)
 GPU_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How forward passes run on one rank: resolved once by :func:`choose` (and by the evaluator for what only
+    the model and data can decide), never mutated, recorded in the surface file."""
+
+    device: str = "cpu"
+    batch_size: int = 128
+    channels_last: bool = False
+    fold_bn: bool = False
+    compile: str = "off"        # on | off | auto (decided by :class:`CompileProbe` after the first points)
+    threads: int = 0
+    precision: str = "fp32"
+    stream_data: str = "auto"   # auto | on | off (resolved to on/off by the evaluator, see :mod:`distland.feed`)
 
 
 def pick_device(setting: str, local_rank: int) -> str:
@@ -124,6 +139,26 @@ def choose(cfg: EngineConfig, local_rank: int = 0, local_size: int = 1, batch_si
 def worth_compiling(first_point_s: float, points_left: int) -> bool:
     """``engine.compile: auto``: compile when this rank still has more than COMPILE_WORTH_S of eager work."""
     return first_point_s * points_left > COMPILE_WORTH_S
+
+
+class CompileProbe:
+    """``engine.compile: auto`` for one rank: times its first :data:`AUTO_COMPILE_POINTS` points and says once
+    whether compiling is worth it, from the least of them (the first point carries one-time start-up costs, and
+    one slow timing on a loaded machine must not buy 5-25 s of compilation for a cheap model)."""
+
+    def __init__(self, active: bool, points_left: int) -> None:
+        self.times: Optional[List[float]] = [] if active else None
+        self.points_left = points_left
+
+    def record(self, seconds: float) -> bool:
+        """Add one point's time; True exactly once, when the rank should compile now."""
+        if self.times is None:
+            return False
+        self.times.append(seconds)
+        if len(self.times) < AUTO_COMPILE_POINTS and len(self.times) < self.points_left:
+            return False
+        times, self.times = self.times, None
+        return worth_compiling(min(times), self.points_left - len(times))
 
 
 def apply_process_settings(engine: Engine) -> None:

@@ -12,7 +12,7 @@ the perturbed weight folds the same way, (θ + αδ + βη)·s = θ·s + α(δ·
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import dataclasses
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -20,22 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import feed
+from .engine import Engine
+from .fold import fold_batchnorm
 
 Tensors = Mapping[str, torch.Tensor]
-
-
-@dataclass
-class Engine:
-    """How forward passes run on this rank (recorded in the surface file)."""
-
-    device: str = "cpu"
-    batch_size: int = 128
-    channels_last: bool = False
-    fold_bn: bool = False
-    compile: str = "off"        # on | off | auto (decided after the first points, see sweep)
-    threads: int = 0
-    precision: str = "fp32"
-    stream_data: str = "auto"   # auto | on | off (resolved to on/off by the evaluator, see :mod:`distland.feed`)
 
 
 def cross_entropy_eval(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int,
@@ -67,45 +55,19 @@ def eval_batches(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.T
     return float(total) / n, 100.0 * int(correct) / n
 
 
-# ---------------------------------------------------------------------------------------------- BN folding
-def find_conv_bn_pairs(model: nn.Module) -> Tuple[Optional[torch.fx.GraphModule], List[Tuple[str, str]]]:
-    """Trace ``model`` and return it with the (conv, bn) module-name pairs whose conv output feeds only the BN."""
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - untraceable models simply run unfolded
-        return None, []
-    mods = dict(gm.named_modules())
-    pairs = []
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(mods.get(node.target), nn.BatchNorm2d):
-            continue
-        src = node.args[0] if node.args else None
-        if (isinstance(src, torch.fx.Node) and src.op == "call_module" and isinstance(mods.get(src.target), nn.Conv2d)
-                and len(src.users) == 1 and mods[node.target].track_running_stats):
-            pairs.append((str(src.target), str(node.target)))
-    return gm, pairs
-
-
-def _bn_scale_shift(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(
-        bn.running_var + bn.eps)
-    shift = (bn.bias.detach() if bn.affine else 0.0) - bn.running_mean * scale
-    return scale.double(), shift.double()
-
-
 # ---------------------------------------------------------------------------------------------- evaluator
 class SurfaceEvaluator:
     """Evaluates the metrics of one grid point at a time on one device."""
 
     def __init__(self, model: nn.Module, reference: Tensors, directions: Sequence[Tensors],
                  splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]], engine: Engine) -> None:
-        self.engine = engine
         self.device = torch.device(engine.device)
         exec_model = copy.deepcopy(model).eval()
         base = {k: v.detach().clone() for k, v in reference.items()}
         dirs = [{k: v.detach().clone() for k, v in d.items()} for d in directions]
-        if engine.fold_bn:
-            exec_model, base, dirs = self._fold(exec_model, base, dirs)
+        folded = fold_batchnorm(exec_model, base, dirs) if engine.fold_bn else None
+        if folded is not None:
+            exec_model, base, dirs = folded
         exec_model.to(self.device)
         if engine.channels_last:
             exec_model = exec_model.to(memory_format=torch.channels_last)
@@ -133,58 +95,14 @@ class SurfaceEvaluator:
         self.compiled = False
         nbytes = sum(x.numel() * x.element_size() + y.numel() * y.element_size() for x, y in splits.values())
         stream = feed.should_stream(engine.stream_data, nbytes, self.device)
-        self.engine.stream_data = "on" if stream else "off"   # resolved, as recorded in the file
+        # What only the model and the data could decide, resolved here: the engine as it really runs.
+        self.engine = dataclasses.replace(engine, fold_bn=folded is not None, stream_data="on" if stream else "off")
         self.data: Dict[str, feed.Split] = {
             name: feed.place(x, y, self.device, engine.channels_last, engine.batch_size, stream)
             for name, (x, y) in splits.items()}
         self._autocast = torch.bfloat16 if engine.precision == "bf16" else None
         if engine.compile == "on":
             self.compile_model()
-
-    def _fold(self, model: nn.Module, base: Dict[str, torch.Tensor], dirs: List[Dict[str, torch.Tensor]]):
-        gm, pairs = find_conv_bn_pairs(model)
-        if gm is None or not pairs:
-            self.engine.fold_bn = False
-            return model, base, dirs
-        mods = dict(gm.named_modules())
-        for conv_name, bn_name in pairs:
-            bn_keys = [k for k in base if k.startswith(bn_name + ".")]
-            if any(bool(d[k].any()) for d in dirs for k in bn_keys if k in d):
-                # A direction moves BatchNorm (ignore: none or type: states): folding would not be exact.
-                self.engine.fold_bn = False
-                return model, base, dirs
-        for conv_name, bn_name in pairs:
-            conv, bn = mods[conv_name], mods[bn_name]
-            for k in list(base):
-                if k.startswith(bn_name + "."):
-                    del base[k]
-                    for d in dirs:
-                        d.pop(k, None)
-            scale, shift = _bn_scale_shift(bn)
-            s4 = scale.view(-1, 1, 1, 1)
-            wkey, bkey = f"{conv_name}.weight", f"{conv_name}.bias"
-            # θ·s + Σ c_k (d_k·s): the perturbation of the folded weight is the scaled perturbation.
-            base[wkey] = (base[wkey].double() * s4).float()
-            for d in dirs:
-                if wkey in d:
-                    d[wkey] = (d[wkey].double() * s4).float()
-            old_bias = base.pop(bkey).double() if bkey in base else torch.zeros_like(shift)
-            for d in dirs:
-                if bkey in d:
-                    d[bkey] = (d[bkey].double() * scale).float()
-                else:
-                    d[bkey] = torch.zeros_like(shift, dtype=torch.float32)
-            base[bkey] = (old_bias * scale + shift).float()
-            if conv.bias is None:
-                conv.bias = nn.Parameter(torch.zeros(conv.out_channels, dtype=conv.weight.dtype))
-            bn_node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == bn_name)
-            bn_node.replace_all_uses_with(bn_node.args[0])
-            gm.graph.erase_node(bn_node)
-        gm.graph.lint()
-        gm.recompile()
-        for _, bn_name in pairs:
-            gm.delete_submodule(bn_name)
-        return gm, base, dirs
 
     def compile_model(self) -> bool:
         """Switch to a ``torch.compile``d forward pass, checked against the eager one on every split at the

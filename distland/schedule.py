@@ -11,6 +11,7 @@ The original tool's static blocks plus an all-array reduce after every point is 
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -47,6 +48,7 @@ class Progress:
     done: int
     report: Optional[Callable[["Progress"], None]] = None
     every: float = 0.5
+    label: str = ""           # the quantity being computed, when a job computes several
     started: float = field(default_factory=time.monotonic)
     new_points: int = 0
     _last: float = 0.0
@@ -63,6 +65,27 @@ class Progress:
     def rate(self) -> float:
         elapsed = time.monotonic() - self.started
         return self.new_points / elapsed if elapsed > 0 else 0.0
+
+
+def report_line(p: Progress) -> None:
+    """Print ``p`` as one progress line on stderr (rewritten in place on a terminal)."""
+    frac = p.done / p.total if p.total else 1.0
+    rate = p.rate
+    eta = (p.total - p.done) / rate if rate > 0 else float("nan")
+    line = (f"[{p.done:>{len(str(p.total))}}/{p.total}] {100 * frac:5.1f}%  {rate:7.2f} points/s  "
+            f"ETA {_hms(eta)}" + (f"  ({p.label})" if p.label and p.label != "loss" else ""))
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + line)
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _hms(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "--:--"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 class _Rate:

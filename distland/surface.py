@@ -1,11 +1,14 @@
 """The surface file: one HDF5 file per job, written by every rank, readable by the paper authors' tool's users.
 
-Layout (``LAYOUT``): ``xcoordinates`` (nx,), ``ycoordinates`` (ny,) for 2-D; per split ``<split>_loss`` (float64,
-mean over samples) and ``<split>_acc`` (percent) of shape (nx, ny) with [i, j] ↔ (x_i, y_j), or (nx,) for 1-D;
-``done`` (uint8, same shape) marks finished points — a diverged point holds inf/NaN and is done; group
+Layout (``LAYOUT``): ``xcoordinates`` (nx,), ``ycoordinates`` (ny,) for 2-D; the datasets of every per-point
+quantity the job computes (:mod:`distland.quantities`), each of shape (nx, ny) with [i, j] ↔ (x_i, y_j), or (nx,)
+for 1-D — for the loss quantity, per split ``<split>_loss`` (float64, mean over samples) and ``<split>_acc``
+(percent); each quantity has its own uint8 mask of finished points (``done`` for the loss, ``<name>_done`` for the
+others, named by each dataset's ``done_mask`` attribute) — a diverged point holds inf/NaN and is done; group
 ``directions/x`` (and ``y``) with the normalized direction actually used, one dataset per state_dict key.
-Root attributes: ``config`` (resolved YAML), ``identity`` (JSON of what determines the values), ``distland_version``,
-``checkpoint_sha256``, ``seed``, ``created``, and per run ``devices``, ``engine``, ``io``.
+Root attributes: ``config`` (resolved YAML), ``identity`` (JSON of what determines the values), per quantity
+``quantity.<name>`` (JSON of its own settings), ``distland_version``, ``checkpoint_sha256``, ``seed``,
+``created``, and per run ``devices``, ``engine``, ``io``.
 
 Parallel writing follows h5py's rule: the file, every dataset and every attribute are created collectively with
 identical arguments; afterwards each rank writes its finished points independently. Datasets are contiguous,
@@ -21,7 +24,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -29,15 +32,41 @@ from . import __version__
 from .grid import Grid, segments
 
 LAYOUT = 1
-METRIC_KINDS = ("loss", "acc")
+DONE_ATTR = "done_mask"   # on every per-point dataset: the name of the mask that says which of its points are done
+LOSS_SUFFIXES = ("_loss", "_acc")        # the loss quantity's datasets, also in files without DONE_ATTR
+LEGACY_EXTRA = ("max_eig", "min_eig")    # the authors' Hessian datasets
 
 
 class SurfaceError(ValueError):
     """A surface file cannot be used as asked; the message says why and what to do."""
 
 
-def metric_names(splits: Sequence[str]) -> List[str]:
-    return [f"{s}_{m}" for s in splits for m in METRIC_KINDS]
+@dataclass(frozen=True)
+class Dataset:
+    """One per-point dataset of a quantity: grid-shaped, pre-filled with ``fill`` until its points are done."""
+
+    name: str
+    dtype: str = "f8"
+    fill: float = float("nan")
+
+
+@dataclass(frozen=True)
+class QuantityLayout:
+    """What a per-point quantity keeps in the file: its datasets, its own ``done`` mask and the settings that
+    determine its values (``identity``: a file computed with other settings is not resumed)."""
+
+    name: str
+    datasets: Tuple[Dataset, ...]
+    identity: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> str:
+        # The loss keeps the mask the paper authors' readers and distland 0.1 files know as ``done``.
+        return "done" if self.name == "loss" else f"{self.name}_done"
+
+    @property
+    def names(self) -> List[str]:
+        return [d.name for d in self.datasets]
 
 
 def _h5py():
@@ -59,10 +88,13 @@ class SurfaceSpec:
     """Everything a job puts into a new file; identical on every rank (creation is collective)."""
 
     grid: Grid
-    metrics: List[str]
+    quantities: List[QuantityLayout]
     identity: Dict[str, Any]
     attrs: Dict[str, Any]
     directions: List[Dict[str, np.ndarray]] = field(default_factory=list)
+
+    def quantity(self, name: str) -> QuantityLayout:
+        return next(q for q in self.quantities if q.name == name)
 
 
 def identity_text(identity: Mapping[str, Any]) -> str:
@@ -93,6 +125,8 @@ def check_existing(path: str, spec: SurfaceSpec, overwrite: bool) -> str:
                                    "to replace it")
             old = json.loads(str(f.attrs.get("identity", "{}")))
             n_done = int(np.count_nonzero(f["done"][()])) if "done" in f else 0
+            stored = {q.name: json.loads(str(f.attrs.get(f"quantity.{q.name}", "{}")))
+                      for q in spec.quantities if q.done in f}
     except OSError as e:
         raise SurfaceError(f"{path} exists but is not a readable HDF5 file ({e}); move it away or use --overwrite "
                            "to replace it") from None
@@ -102,7 +136,23 @@ def check_existing(path: str, spec: SurfaceSpec, overwrite: bool) -> str:
         details = "; ".join(f"{k}: file {old.get(k)!r} vs now {new.get(k)!r}" for k in diff[:4])
         raise SurfaceError(f"{path} holds a different job ({n_done} finished points); differing: {details}. "
                            "Use another output path, or --overwrite to discard it")
+    for q in spec.quantities:
+        now = json.loads(identity_text(q.identity))
+        if q.name in stored and stored[q.name] != now:
+            raise SurfaceError(f"{path} holds {q.name} computed with other settings (file {stored[q.name]} vs now "
+                               f"{now}); use the file's settings, another output path, or --overwrite to discard it")
     return "resume"
+
+
+def stored_progress(path: str, spec: SurfaceSpec) -> Tuple[List[Dict[str, np.ndarray]], Dict[str, int]]:
+    """For a job that resumes ``path``: the directions stored in it, and each quantity's number of points still
+    to compute (all of them for a quantity the file does not hold yet)."""
+    with _h5py().File(path, "r", locking=False) as f:
+        directions = [{k: np.asarray(f[f"directions/{a}/{k}"][()]) for k in f[f"directions/{a}"]}
+                      for a in "xy"[:spec.grid.ndim]]
+        pending = {q.name: int(np.count_nonzero(f[q.done][()] == 0)) if q.done in f else spec.grid.size
+                   for q in spec.quantities}
+    return directions, pending
 
 
 # ------------------------------------------------------------------------------------------------ lock
@@ -151,13 +201,13 @@ def set_attrs(path: str, attrs: Mapping[str, Any], replace_prefix: str = "") -> 
 
 # ------------------------------------------------------------------------------------------------ writer
 class SurfaceWriter:
-    """An open surface file. With ``mpi_comm`` (an mpi4py communicator) it uses the ``mpio`` driver and every
-    call of :meth:`open`/:meth:`close` is collective; :meth:`write` is independent."""
+    """An open surface file, used as a context manager. With ``mpi_comm`` (an mpi4py communicator) it uses the
+    ``mpio`` driver and :meth:`open` and closing are collective; :meth:`write` is independent."""
 
-    def __init__(self, f: Any, grid: Grid, metrics: List[str], parallel: bool) -> None:
+    def __init__(self, f: Any, spec: SurfaceSpec, parallel: bool) -> None:
         self.f = f
-        self.grid = grid
-        self.metrics = metrics
+        self.grid = spec.grid
+        self.quantities = {q.name: q for q in spec.quantities}
         self.parallel = parallel
 
     @classmethod
@@ -175,18 +225,36 @@ class SurfaceWriter:
             cls._create(f, spec)
         else:
             f = h5py.File(path, "r+", **kwargs)
+            for q in spec.quantities:
+                if q.done not in f:  # a quantity added to an existing surface: its datasets join the file
+                    cls._create_quantity(f, spec.grid, q)
         for key, value in run_attrs.items():  # collective: identical values on every rank
             f.attrs[key] = value
         if mode == "create":
             f.attrs["distland_layout"] = LAYOUT  # last: marks the structure complete
         f.flush()
-        return cls(f, spec.grid, list(spec.metrics), mpi_comm is not None)
+        return cls(f, spec, mpi_comm is not None)
 
     @staticmethod
     def _create(f: Any, spec: SurfaceSpec) -> None:
-        h5py = _h5py()
-        shape = spec.grid.shape
         f.attrs["distland_creating"] = 1  # first: a file with this but no distland_layout was never finished
+        f.create_dataset("xcoordinates", data=spec.grid.x)
+        if spec.grid.y is not None:
+            f.create_dataset("ycoordinates", data=spec.grid.y)
+        for q in spec.quantities:
+            SurfaceWriter._create_quantity(f, spec.grid, q)
+        for axis, direction in zip("xy", spec.directions):
+            group = f.create_group(f"directions/{axis}")
+            for key, arr in direction.items():
+                group.create_dataset(key, data=arr)
+        for key, value in {**spec.attrs, "identity": identity_text(spec.identity),
+                           "distland_version": __version__}.items():
+            f.attrs[key] = value
+
+    @staticmethod
+    def _create_quantity(f: Any, grid: Grid, q: QuantityLayout) -> None:
+        """A quantity's datasets and its ``done`` mask (collective under ``mpio``: identical on every rank)."""
+        h5py = _h5py()
 
         def dcpl(fill: Any, dtype: str):
             # Contiguous, allocated and filled at creation: writes during the sweep then change no metadata.
@@ -196,45 +264,38 @@ class SurfaceWriter:
             plist.set_fill_value(np.array(fill, dtype=dtype))
             return plist
 
-        f.create_dataset("xcoordinates", data=spec.grid.x)
-        if spec.grid.y is not None:
-            f.create_dataset("ycoordinates", data=spec.grid.y)
-        for name in spec.metrics:
-            f.create_dataset(name, shape=shape, dtype="f8", dcpl=dcpl(np.nan, "f8"))
-        f.create_dataset("done", shape=shape, dtype="u1", dcpl=dcpl(0, "u1"))
-        for axis, direction in zip("xy", spec.directions):
-            group = f.create_group(f"directions/{axis}")
-            for key, arr in direction.items():
-                group.create_dataset(key, data=arr)
-        for key, value in {**spec.attrs, "identity": identity_text(spec.identity),
-                           "distland_version": __version__}.items():
-            f.attrs[key] = value
+        for d in q.datasets:
+            ds = f.create_dataset(d.name, shape=grid.shape, dtype=d.dtype, dcpl=dcpl(d.fill, d.dtype))
+            ds.attrs[DONE_ATTR] = q.done
+        f.create_dataset(q.done, shape=grid.shape, dtype="u1", dcpl=dcpl(0, "u1"))
+        f.attrs[f"quantity.{q.name}"] = identity_text(q.identity)
 
-    def done_mask(self) -> np.ndarray:
-        return np.asarray(self.f["done"][()], dtype=bool)
+    def __enter__(self) -> "SurfaceWriter":
+        return self
 
-    def pending(self) -> List[int]:
-        """Flat indices of the points not yet done, in order."""
-        return [int(p) for p in np.flatnonzero(~self.done_mask().reshape(-1))]
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-    def directions(self) -> List[Dict[str, np.ndarray]]:
-        out = []
-        for axis in "xy":
-            if f"directions/{axis}" in self.f:
-                group = self.f[f"directions/{axis}"]
-                out.append({k: np.asarray(group[k][()]) for k in group})
-        return out
+    def pending(self, quantity: str) -> List[int]:
+        """Flat indices of the points ``quantity`` has not done yet, in order."""
+        done = np.asarray(self.f[self.quantities[quantity].done][()], dtype=bool)
+        return [int(p) for p in np.flatnonzero(~done.reshape(-1))]
 
-    def write(self, points: Sequence[int], values: Mapping[str, np.ndarray]) -> None:
-        """Store finished points: values first, then their ``done`` flags (so a crash in between loses nothing
-        but the recomputation of these points)."""
+    def writer(self, quantity: str) -> Callable[[Sequence[int], Mapping[str, np.ndarray]], None]:
+        """``write(points, values)`` for one quantity (what the scheduler calls)."""
+        return lambda points, values: self.write(quantity, points, values)
+
+    def write(self, quantity: str, points: Sequence[int], values: Mapping[str, np.ndarray]) -> None:
+        """Store finished points of ``quantity``: values first, then their ``done`` flags (so a crash in between
+        loses nothing but the recomputation of these points)."""
+        q = self.quantities[quantity]
         ny = self.grid.ny if self.grid.ndim == 2 else self.grid.size
         runs = segments(points, ny)
-        for name in self.metrics:
-            ds, vals = self.f[name], np.asarray(values[name], dtype=np.float64)
+        for d in q.datasets:
+            ds, vals = self.f[d.name], np.asarray(values[d.name], dtype=d.dtype)
             for i, j0, j1, k in runs:
                 ds[self._sel(i, j0, j1)] = vals[k:k + (j1 - j0)]
-        done = self.f["done"]
+        done = self.f[q.done]
         for i, j0, j1, _ in runs:
             done[self._sel(i, j0, j1)] = np.ones(j1 - j0, dtype=np.uint8)
         if not self.parallel:
@@ -262,6 +323,7 @@ class SurfaceData:
     attrs: Dict[str, Any]
     config: Dict[str, Any]
     layout: str = "distland"   # or "loss-landscape" (the paper authors' tool, read transposed)
+    masks: Dict[str, np.ndarray] = field(default_factory=dict)   # every quantity's done mask, by dataset name
 
     @property
     def ndim(self) -> int:
@@ -294,9 +356,13 @@ def read(path: str) -> SurfaceData:
         x = np.asarray(f["xcoordinates"][()], dtype=np.float64).reshape(-1)
         y = np.asarray(f["ycoordinates"][()], dtype=np.float64).reshape(-1) if "ycoordinates" in f else None
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
-        names = [k for k in f.keys() if k.endswith(("_loss", "_acc")) and isinstance(f[k], h5py.Dataset)]
-        raw = {k: np.asarray(f[k][()], dtype=np.float64) for k in names}
         legacy = "distland_layout" not in f.attrs
+        # Which mask says a dataset's points are done: its own attribute; files of distland 0.1 have only the
+        # loss quantity (``done``), the authors' files mark unfinished points with -1 instead.
+        owner = {k: str(_attr(ds.attrs.get(DONE_ATTR, "done"))) for k, ds in f.items()
+                 if isinstance(ds, h5py.Dataset) and (DONE_ATTR in ds.attrs or k.endswith(LOSS_SUFFIXES)
+                                                      or (legacy and k in LEGACY_EXTRA))}
+        raw = {k: np.asarray(f[k][()], dtype=np.float64) for k in owner}
         if legacy:
             # The original tool fills L(x_i, y_j) at [j, i] and marks unfinished points with -1.
             # Its datasets may be shaped (nx, ny) or (ny, nx), but the values run in meshgrid order either way.
@@ -305,19 +371,27 @@ def read(path: str) -> SurfaceData:
                     if v.size != len(x) * len(y):
                         raise SurfaceError(f"{path!r}: dataset {k} has {v.size} values for a {len(x)}×{len(y)} grid")
                 raw = {k: v.reshape(len(y), len(x)).T for k, v in raw.items()}
-            done = np.all([v != -1 for v in raw.values()], axis=0) if raw else np.zeros(
-                (len(x),) if y is None else (len(x), len(y)), dtype=bool)
+            masks = {"done": np.all([v != -1 for v in raw.values()], axis=0) if raw else np.zeros(
+                (len(x),) if y is None else (len(x), len(y)), dtype=bool)}
         else:
-            done = np.asarray(f["done"][()], dtype=bool)
+            masks = {m: np.asarray(f[m][()], dtype=bool) for m in set(owner.values()) if m in f}
+            if "done" in f:
+                masks["done"] = np.asarray(f["done"][()], dtype=bool)
+            missing = sorted(set(owner.values()) - set(masks))
+            if missing:
+                raise SurfaceError(f"{path!r} lacks the done mask {missing[0]!r}; the file is damaged")
     expected = (len(x),) if y is None else (len(x), len(y))
     for k, v in raw.items():
         if v.shape != expected:
             raise SurfaceError(f"{path!r}: dataset {k} has shape {v.shape}, expected {expected} from the coordinates")
-    metrics = {k: np.where(done, v, np.nan) for k, v in raw.items()}
+    masks = {m: v.reshape(expected) for m, v in masks.items()}
+    metrics = {k: np.where(masks[owner[k] if not legacy else "done"], v, np.nan) for k, v in raw.items()}
+    done = masks["done"] if "done" in masks else np.logical_and.reduce(list(masks.values())) if masks else (
+        np.zeros(expected, dtype=bool))
     cfg_text = attrs.get("config")
     config = yaml.safe_load(cfg_text) if isinstance(cfg_text, str) and cfg_text else {}
-    return SurfaceData(str(p), x, y, metrics, done.reshape(expected), attrs, config or {},
-                       "loss-landscape" if legacy else "distland")
+    return SurfaceData(str(p), x, y, metrics, done, attrs, config or {},
+                       "loss-landscape" if legacy else "distland", masks)
 
 
 def _attr(v: Any) -> Any:

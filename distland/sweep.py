@@ -10,6 +10,7 @@ The steps, in the order every rank runs them:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -25,16 +26,17 @@ import torch
 from . import __version__
 from . import directions as dirs
 from . import engine as engines
+from . import quantities as quants
 from . import schedule
 from .checkpoint import apply_state_dict, load_state_dict, sha256
 from .comm import Comm, get_comm
 from .config import Config, to_yaml
 from .data import load_split
-from .evaluate import SurfaceEvaluator
 from .grid import Grid
 from .models import build_model
-from .surface import (JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing, h5py_has_mpi, metric_names,
-                      set_attrs)
+from .surface import (JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing, h5py_has_mpi, set_attrs,
+                      stored_progress)
+from .train import ensure_checkpoint
 
 INIT_SEED = 0  # without a checkpoint θ* is the model's initialisation under this seed, identical on every rank
 
@@ -45,7 +47,7 @@ class Plan:
 
     spec: SurfaceSpec
     mode: str                 # create | resume
-    pending: int              # points still to compute
+    pending: Dict[str, int]   # per quantity: points still to compute
 
 
 @dataclass
@@ -121,27 +123,9 @@ def data_digest(splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]) -> str:
     return h.hexdigest()[:16]
 
 
-def _maybe_train(cfg: Config) -> None:
-    # `train:` names the training config that produces the checkpoint (the demo uses it): train once, if missing.
-    if cfg.train and cfg.checkpoint and not Path(cfg.checkpoint).exists():
-        from .config import load
-        from .presets import HERE as PRESETS
-        from .train import TrainConfig, train
-
-        path = Path(cfg.train)
-        if not path.exists() and not path.is_absolute() and (PRESETS / path).is_file():
-            path = PRESETS / path  # a built-in preset's name (the demo)
-        print(f"distland: {cfg.checkpoint} does not exist; training it first with {path}", file=sys.stderr)
-        produced = train(load(TrainConfig, path))
-        if not Path(cfg.checkpoint).exists():
-            raise SurfaceError(f"training with {cfg.train} wrote {produced}, not the checkpoint {cfg.checkpoint}; "
-                               "make `checkpoint` point at the training run's final.pt")
-
-
 def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None) -> Plan:
     """Rank-0 work before the sweep; every check that can fail on bad input happens here. The model with θ*
     and the decoded data go into ``keep`` (when given), so rank 0 does not build them a second time."""
-    _maybe_train(cfg)
     grid = Grid.from_config(cfg.grid)
     model, ckpt_digest = build_reference_model(cfg)
     reference = dirs.reference_weights(model, cfg.directions.type)
@@ -176,7 +160,8 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
     if cfg.engine.precision != "fp32":
         # Reduced precision changes the numbers (bf16 by ~1e-3): one file must not mix it with exact points.
         identity["precision"] = cfg.engine.precision
-    spec = SurfaceSpec(grid=grid, metrics=metric_names(cfg.splits), identity=identity, attrs={
+    quantities = quants.build(cfg.quantities, cfg)
+    spec = SurfaceSpec(grid=grid, quantities=[q.layout() for q in quantities], identity=identity, attrs={
         "config": to_yaml(cfg), "checkpoint_sha256": ckpt_digest, "seed": cfg.directions.seed,
         "model": cfg.model, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ndim": grid.ndim,
     })
@@ -185,17 +170,12 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
         made, _ = dirs.build(reference, cfg.directions.kind, cfg.directions.norm, cfg.directions.ignore,
                              cfg.directions.seed, grid.ndim, cfg.directions.same_dir, cfg.directions.file, target)
         spec.directions = [dirs.to_numpy(d) for d in made]
-        pending = grid.size
+        pending = {q.name: grid.size for q in spec.quantities}
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
         # An existing file (--overwrite, or an interrupted creation) is truncated by the collective open, not here:
         # a job that fails before then must leave it as it was.
     else:
-        import h5py
-
-        with h5py.File(cfg.output, "r", locking=False) as f:
-            stored = [{k: np.asarray(f[f"directions/{a}/{k}"][()]) for k in f[f"directions/{a}"]}
-                      for a in "xy"[:grid.ndim]]
-            pending = int(np.count_nonzero(f["done"][()] == 0))
+        stored, pending = stored_progress(cfg.output, spec)
         for d in stored:
             dirs.check_compatible(dirs.from_numpy(d), reference, f"directions stored in {cfg.output}")
         spec.directions = [{k: d[k] for k in reference} for d in stored]
@@ -212,7 +192,7 @@ def run_surface(cfg: Config, overwrite: bool = False, verbose: bool = False,
     lock = JobLock(cfg.output)
     built: Dict[str, Any] = {}  # rank 0's model and data from prepare (never broadcast: ranks load their own)
     try:
-        plan = comm.on_root(lambda: (lock.acquire(), prepare(cfg, overwrite, built))[1])
+        plan = comm.on_root(lambda: (lock.acquire(), ensure_checkpoint(cfg), prepare(cfg, overwrite, built))[2])
         try:
             return _sweep(cfg, plan, comm, verbose, built)
         except BaseException as e:  # noqa: BLE001 - past this point a failure on one rank must stop all of them
@@ -252,10 +232,14 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
     engines.apply_process_settings(eng)
     reference = dirs.reference_weights(model, cfg.directions.type)
     directions = [dirs.from_numpy(d) for d in plan.spec.directions]
-    evaluator = SurfaceEvaluator(model, reference, directions, splits, eng)
-    device_line = f"rank {comm.rank} host {comm.host} device {eng.device} threads {eng.threads}"
+    # Every rank starts the evaluator of each quantity that still has points to compute.
+    todo = [q for q in quants.build(cfg.quantities, cfg) if plan.pending[q.name]]
+    evaluators = [q.start(quants.Context(model, reference, directions, splits, eng, comm.size > 1 and comm.is_root,
+                                         plan.pending[q.name] // comm.size)) for q in todo]
+    resolved = next((e.engine for e in evaluators if e.engine is not None), eng)
+    device_line = f"rank {comm.rank} host {comm.host} device {resolved.device} threads {resolved.threads}"
     devices = comm.allgather(device_line)
-    engine_json = json.dumps(dataclasses.asdict(eng), sort_keys=True)
+    engine_json = json.dumps(dataclasses.asdict(resolved), sort_keys=True)
     run_attrs = {"devices": devices, "engine": comm.bcast(engine_json), "io": io, "nranks": comm.size,
                  "last_run": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "distland_version": __version__}
     if verbose:
@@ -266,84 +250,52 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
         writer = SurfaceWriter.open(cfg.output, plan.spec, plan.mode, run_attrs, comm.mpi_comm)
     elif comm.is_root:
         writer = SurfaceWriter.open(cfg.output, plan.spec, plan.mode, run_attrs)
-    queue = writer.pending() if comm.is_root and writer is not None else []
-    metrics = plan.spec.metrics
-
-    # engine.compile: auto is decided once per rank, from its steady cost per point: the least of its first
-    # AUTO_COMPILE_POINTS (the first carries one-time start-up costs, and one slow timing on a loaded machine
-    # must not buy 5-25 s of compilation for a cheap model). Never on the coordinator of a multi-rank job: while
-    # it compiled it could hand out no work.
-    probe: Dict[str, Any] = {"times": [] if eng.compile == "auto" and (comm.size == 1 or not comm.is_root) else None}
-
-    def evaluate(unit: List[int], poll: Any) -> Dict[str, np.ndarray]:
-        rows = []
-        for p in unit:
-            t0 = time.perf_counter()
-            rows.append(evaluator.evaluate(grid.coords(p), poll))
-            times = probe["times"]
-            if times is not None:
-                times.append(time.perf_counter() - t0)
-                if len(times) >= engines.AUTO_COMPILE_POINTS or len(times) >= plan.pending:
-                    probe["times"] = None
-                    if engines.worth_compiling(min(times), plan.pending // comm.size - len(times)):
-                        evaluator.compile_model()
-        return {m: np.array([r[m] for r in rows], dtype=np.float64) for m in metrics}
-
-    progress = None
-    if comm.is_root:
-        progress = schedule.Progress(total=grid.size, done=grid.size - len(queue),
-                                     report=_report if cfg.sweep.progress else None,
-                                     every=0.5 if sys.stderr.isatty() else 10.0)
-    try:
-        stats = schedule.run(comm, queue, evaluate, writer.write if writer is not None else None,
-                             root_writes=(io == "root"), progress=progress, fixed_chunk=cfg.sweep.chunk)
-    except BaseException:
-        if comm.size == 1 and writer is not None:
-            writer.close()  # serial: keep what is finished; under MPI the caller aborts every rank
-        raise
-    all_stats = comm.allgather(stats[0])
-    compiled = sum(comm.allgather(int(evaluator.compiled)))
-    check: Dict[str, float] = {}
-    if comm.is_root and eng.precision != "fp32" and queue:
-        # Opt-in reduced precision reports its own error, at θ* and at the grid's far corner.
-        check = evaluator.precision_check([tuple(0.0 for _ in grid.shape), grid.coords(grid.size - 1)])
-    if writer is not None:
-        writer.close()  # collective under mpio
+    stats: List[schedule.RankStats] = []
+    computed = 0
+    with writer if writer is not None else contextlib.nullcontext():
+        try:
+            for q, ev in zip(todo, evaluators):
+                stats.extend(_run_quantity(cfg, comm, grid, q.name, ev, writer, io))
+        except BaseException:
+            if comm.size > 1 and writer is not None and writer.parallel:
+                writer.f = None  # under MPI the caller aborts every rank: a collective close would hang
+            raise
+        facts: Dict[str, int] = {}
+        for ev in evaluators:
+            for key, value in ev.facts().items():
+                facts[key] = facts.get(key, 0) + sum(comm.allgather(value))
+        notes: Dict[str, str] = {}
+        lines: List[str] = []
+        if comm.is_root:
+            computed = sum(plan.pending[q.name] for q in todo)
+            for ev in evaluators:
+                attrs, text = ev.finish(grid.coords(grid.size - 1))
+                notes.update(attrs)
+                lines.extend(text)
     if not comm.is_root:
         return None
-    resolved = {"compiled_ranks": compiled}
-    if check:
-        resolved["precision_check"] = json.dumps({"precision": eng.precision, **check}, sort_keys=True)
-    set_attrs(cfg.output, resolved)
+    set_attrs(cfg.output, {**facts, **notes})
     if cfg.sweep.progress and sys.stderr.isatty():
         sys.stderr.write("\n")
-    summary = summarize(cfg, grid, len(queue), time.monotonic() - t_start, comm.size, io, all_stats)
-    summary.compiled = compiled
-    if check:
-        summary.precision = (f"precision {eng.precision}: loss within {check['max_rel_loss_error']:.1e} (relative) "
-                             f"and accuracy within {check['max_acc_diff']:.2g} points of float32 at θ* and the "
-                             "grid's last point")
+    summary = summarize(cfg, grid, computed, time.monotonic() - t_start, comm.size, io, stats)
+    summary.compiled = facts.get("compiled_ranks", 0)
+    summary.precision = "\n".join(lines)
     return summary
 
 
-def _report(p: schedule.Progress) -> None:
-    frac = p.done / p.total if p.total else 1.0
-    rate = p.rate
-    eta = (p.total - p.done) / rate if rate > 0 else float("nan")
-    line = (f"[{p.done:>{len(str(p.total))}}/{p.total}] {100 * frac:5.1f}%  {rate:7.2f} points/s  "
-            f"ETA {_hms(eta)}")
-    if sys.stderr.isatty():
-        sys.stderr.write("\r" + line)
-    else:
-        sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-
-
-def _hms(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "--:--"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+def _run_quantity(cfg: Config, comm: Comm, grid: Grid, name: str, ev: quants.PointEvaluator,
+                  writer: Optional[SurfaceWriter], io: str) -> List[schedule.RankStats]:
+    """One pass of the scheduler over the points ``name`` has not done; every rank's stats on rank 0."""
+    queue = writer.pending(name) if comm.is_root and writer is not None else []
+    progress = None
+    if comm.is_root:
+        progress = schedule.Progress(total=grid.size, done=grid.size - len(queue),
+                                     report=schedule.report_line if cfg.sweep.progress else None,
+                                     every=0.5 if sys.stderr.isatty() else 10.0, label=name)
+    stats = schedule.run(comm, queue, lambda unit, poll: ev.evaluate([grid.coords(p) for p in unit], poll),
+                         writer.writer(name) if writer is not None else None, root_writes=(io == "root"),
+                         progress=progress, fixed_chunk=cfg.sweep.chunk)
+    return comm.allgather(stats[0])
 
 
 def summarize(cfg: Config, grid: Grid, computed: int, seconds: float, ranks: int, io: str,

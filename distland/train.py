@@ -336,6 +336,23 @@ def train(cfg: TrainConfig) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------- CLI
+def ensure_checkpoint(cfg: Any) -> None:
+    """Training on demand for a surface config (the demo uses it): when ``cfg.train`` names the training config
+    that produces ``cfg.checkpoint`` and the checkpoint does not exist yet, train it once, here."""
+    if not (cfg.train and cfg.checkpoint) or Path(cfg.checkpoint).exists():
+        return
+    from .presets import HERE as PRESETS
+
+    path = Path(cfg.train)
+    if not path.exists() and not path.is_absolute() and (PRESETS / path).is_file():
+        path = PRESETS / path  # a built-in preset's name (the demo)
+    print(f"distland: {cfg.checkpoint} does not exist; training it first with {path}", file=sys.stderr)
+    produced = train(load(TrainConfig, path))
+    if not Path(cfg.checkpoint).exists():
+        raise ConfigError(f"training with {cfg.train} wrote {produced}, not the checkpoint {cfg.checkpoint}; "
+                          "make `checkpoint` point at the training run's final.pt")
+
+
 def add_subcommand(subparsers: Any) -> None:
     """Register ``train CONFIG [--set key=value ...]`` on an argparse subparsers object."""
     p = subparsers.add_parser(

@@ -15,8 +15,9 @@ from torch import nn
 from distland import directions as D
 from distland.config import EngineConfig
 from distland.data import load_split
-from distland.engine import choose
-from distland.evaluate import Engine, SurfaceEvaluator, cross_entropy_eval, find_conv_bn_pairs
+from distland.engine import Engine, choose
+from distland.evaluate import SurfaceEvaluator, cross_entropy_eval
+from distland.fold import find_conv_bn_pairs
 from distland.models.demo import DemoCNN
 from distland.sweep import run_surface
 
@@ -295,7 +296,8 @@ def test_compile_matches_eager_and_falls_back_when_it_fails(monkeypatch):
 
     from distland import directions as D
     from distland.engine import worth_compiling
-    from distland.evaluate import Engine, SurfaceEvaluator
+    from distland.engine import Engine
+    from distland.evaluate import SurfaceEvaluator
     from distland.models import build_model
 
     torch.manual_seed(0)

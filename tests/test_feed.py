@@ -11,7 +11,8 @@ import torch
 from distland import directions as D
 from distland import feed
 from distland.config import ConfigError
-from distland.evaluate import Engine, SurfaceEvaluator
+from distland.engine import Engine
+from distland.evaluate import SurfaceEvaluator
 from distland.sweep import run_surface
 
 from conftest import make_model, small_config

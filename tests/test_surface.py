@@ -15,7 +15,8 @@ from distland import directions as D
 from distland.config import config_from_yaml_text
 from distland.evaluate import SurfaceEvaluator
 from distland.grid import Grid
-from distland.surface import (JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing, metric_names,
+from distland.quantities.loss import LossQuantity, dataset_names
+from distland.surface import (JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing,
                               read)
 from distland.sweep import prepare, run_surface
 
@@ -238,11 +239,11 @@ def test_prepare_plans_create_then_resume(tmp_path, checkpoint, reference_file):
     out = tmp_path / "s.h5"
     cfg = small_config(out, f"checkpoint={checkpoint}", *GRID)
     plan = prepare(cfg, overwrite=False)
-    assert plan.mode == "create" and plan.pending == 12 and len(plan.spec.directions) == 2
+    assert plan.mode == "create" and plan.pending == {"loss": 12} and len(plan.spec.directions) == 2
     assert not out.exists()  # planning writes nothing
     out.write_bytes(reference_file.read_bytes())
     plan = prepare(cfg, overwrite=False)
-    assert plan.mode == "resume" and plan.pending == 0
+    assert plan.mode == "resume" and plan.pending == {"loss": 0}
     assert list(plan.spec.directions[0]) == [k for k, _ in make_model().named_parameters()]
 
 
@@ -300,8 +301,9 @@ def test_nan_and_inf_points_are_stored_done_and_counted(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------- writer / reader
-def _spec(grid, metrics=("train_loss", "train_acc")):
-    return SurfaceSpec(grid=grid, metrics=list(metrics), identity={"job": 1}, attrs={"config": "model: democnn\n"},
+def _spec(grid, splits=("train",)):
+    return SurfaceSpec(grid=grid, quantities=[LossQuantity(splits).layout()], identity={"job": 1},
+                       attrs={"config": "model: democnn\n"},
                        directions=[{"w": np.ones((2, 2), np.float32)}])
 
 
@@ -309,12 +311,11 @@ def _spec(grid, metrics=("train_loss", "train_acc")):
 def test_writer_places_points_by_flat_index(tmp_path, shape):
     grid = Grid(np.linspace(-1, 1, shape[0]), None if len(shape) == 1 else np.linspace(0, 2, shape[1]))
     path = str(tmp_path / "w.h5")
-    w = SurfaceWriter.open(path, _spec(grid), "create", {"io": "serial"})
-    assert w.pending() == list(range(grid.size))
-    points = [p for p in range(grid.size) if p % 3 != 1]
-    w.write(points, {"train_loss": np.array(points, float) * 10, "train_acc": np.array(points, float)})
-    assert w.pending() == [p for p in range(grid.size) if p % 3 == 1]
-    w.close()
+    with SurfaceWriter.open(path, _spec(grid), "create", {"io": "serial"}) as w:
+        assert w.pending("loss") == list(range(grid.size))
+        points = [p for p in range(grid.size) if p % 3 != 1]
+        w.write("loss", points, {"train_loss": np.array(points, float) * 10, "train_acc": np.array(points, float)})
+        assert w.pending("loss") == [p for p in range(grid.size) if p % 3 == 1]
     data = read(path)
     assert data.shape == shape and data.layout == "distland"
     for p in range(grid.size):
@@ -358,7 +359,7 @@ def test_check_existing_decisions(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"junk" * 100)
     with pytest.raises(SurfaceError, match="not a readable HDF5 file"):
         check_existing(str(tmp_path / "junk.h5"), _spec(grid), False)
-    assert metric_names(("train", "test")) == ["train_loss", "train_acc", "test_loss", "test_acc"]
+    assert dataset_names(("train", "test")) == ["train_loss", "train_acc", "test_loss", "test_acc"]
 
 
 def _loss(x, y):

@@ -1,0 +1,87 @@
+"""Folding eval-mode BatchNorm into the convolution before it: an exact speed-up of the forward pass.
+
+Eval-mode BN is affine per channel, s = γ/√(σ²+ε): conv(x; W)·s + (β − μ·s) = conv(x; W·s) + b′. When the
+directions leave BN alone (``ignore: biasbn``) the perturbed weight folds the same way,
+(θ + αδ + βη)·s = θ·s + α(δ·s) + β(η·s), so a grid point only rewrites the folded conv weights. Which pairs fold
+is decided on the traced graph (torch.fx), not on the order modules were registered in.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+Tensors = Dict[str, torch.Tensor]
+
+
+def find_conv_bn_pairs(model: nn.Module) -> Tuple[Optional[torch.fx.GraphModule], List[Tuple[str, str]]]:
+    """Trace ``model`` and return it with the (conv, bn) module-name pairs whose conv output feeds only the BN."""
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - untraceable models simply run unfolded
+        return None, []
+    mods = dict(gm.named_modules())
+    pairs = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(mods.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module" and isinstance(mods.get(src.target), nn.Conv2d)
+                and len(src.users) == 1 and mods[node.target].track_running_stats):
+            pairs.append((str(src.target), str(node.target)))
+    return gm, pairs
+
+
+def bn_scale_shift(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel affine map of eval-mode ``bn`` (float64): y = x·scale + shift."""
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(
+        bn.running_var + bn.eps)
+    shift = (bn.bias.detach() if bn.affine else 0.0) - bn.running_mean * scale
+    return scale.double(), shift.double()
+
+
+def fold_batchnorm(model: nn.Module, base: Tensors, dirs: List[Tensors]
+                   ) -> Optional[Tuple[nn.Module, Tensors, List[Tensors]]]:
+    """Fold every foldable BN of ``model``; ``base`` (θ*) and ``dirs`` (the directions) are rewritten to the folded
+    model's keys. None when nothing can be folded exactly: an untraceable model, no conv→BN pair, or a
+    direction that moves a BN (``ignore: none`` or ``type: states``). The returned graph module shares its convs
+    with ``model`` (a bias may be added to them): pass a copy."""
+    gm, pairs = find_conv_bn_pairs(model)
+    if gm is None or not pairs:
+        return None
+    for _, bn_name in pairs:
+        bn_keys = [k for k in base if k.startswith(bn_name + ".")]
+        if any(bool(d[k].any()) for d in dirs for k in bn_keys if k in d):
+            return None
+    base = dict(base)
+    dirs = [dict(d) for d in dirs]
+    mods = dict(gm.named_modules())
+    for conv_name, bn_name in pairs:
+        conv, bn = mods[conv_name], mods[bn_name]
+        for k in [k for k in base if k.startswith(bn_name + ".")]:
+            del base[k]
+            for d in dirs:
+                d.pop(k, None)
+        scale, shift = bn_scale_shift(bn)
+        s4 = scale.view(-1, 1, 1, 1)
+        wkey, bkey = f"{conv_name}.weight", f"{conv_name}.bias"
+        # θ·s + Σ c_k (d_k·s): the perturbation of the folded weight is the scaled perturbation.
+        base[wkey] = (base[wkey].double() * s4).float()
+        for d in dirs:
+            if wkey in d:
+                d[wkey] = (d[wkey].double() * s4).float()
+        old_bias = base.pop(bkey).double() if bkey in base else torch.zeros_like(shift)
+        for d in dirs:
+            d[bkey] = (d[bkey].double() * scale).float() if bkey in d else torch.zeros_like(shift, dtype=torch.float32)
+        base[bkey] = (old_bias * scale + shift).float()
+        if conv.bias is None:
+            conv.bias = nn.Parameter(torch.zeros(conv.out_channels, dtype=conv.weight.dtype))
+        bn_node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == bn_name)
+        bn_node.replace_all_uses_with(bn_node.args[0])
+        gm.graph.erase_node(bn_node)
+    gm.graph.lint()
+    gm.recompile()
+    for _, bn_name in pairs:
+        gm.delete_submodule(bn_name)
+    return gm, base, dirs
