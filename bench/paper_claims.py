@@ -36,7 +36,8 @@ from distland.config import Config, DataConfig, DirectionsConfig, EngineConfig, 
 from distland.models import build_model
 from distland.surface import SurfaceData, read
 from distland.sweep import run_surface
-from distland.train import TrainConfig, TrainDataConfig, train
+from distland.config import DataSource
+from distland.train import TrainConfig, train
 
 SEED = 0
 TAU = 0.1                 # basin threshold τ: loss increase that bounds the basin
@@ -70,7 +71,7 @@ def log_to(path: Path):
 
 def train_run(out: Path, name: str, model: str, model_args: Dict[str, Any], batch: int, wd: float, epochs: int,
               milestones: List[int], threads: int, device: str) -> Dict[str, Any]:
-    cfg = TrainConfig(model=model, model_args=dict(model_args), data=TrainDataConfig(name="digits"),
+    cfg = TrainConfig(model=model, model_args=dict(model_args), data=DataSource(name="digits"),
                       optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=wd, batch_size=batch,
                       epochs=epochs, lr_milestones=list(milestones), lr_gamma=0.1, augment=False, seed=SEED,
                       save_every=0, out_dir=str(out / "train" / name), device=device, num_threads=threads)

@@ -94,12 +94,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _is_root() -> bool:
-    import os
+    from .comm import launcher_rank
 
-    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            return os.environ[var] == "0"
-    return True
+    return launcher_rank() == 0
 
 
 # ------------------------------------------------------------------------------------------------ commands

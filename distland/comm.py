@@ -17,8 +17,7 @@ from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
 
-# Tags of the coordinator protocol (see distland.schedule).
-TAG_WORK, TAG_DONE, TAG_ERROR = 11, 12, 13
+TAG_ERROR = 13      # a rank's failure, sent to rank 0 (the scheduler's own tags are in distland.schedule)
 SPIN_PROBES = 100   # back-to-back probes before a receive starts sleeping (see Comm.recv)
 _LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "PMI_RANK", "HYDRA_CONTROL_FD")
 
@@ -29,6 +28,31 @@ class RemoteError(RuntimeError):
 
 class LaunchError(RuntimeError):
     """The processes were not started the way an MPI job must be."""
+
+
+def launcher_rank() -> int:
+    """This process's rank as the launcher told it (0 when not launched as a job), read from the environment
+    before MPI starts: for deciding who prints an error without initialising MPI."""
+    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def describe_mpi() -> str:
+    """One line on mpi4py and the MPI library behind it (for ``distland info``); never raises."""
+    try:
+        import mpi4py
+    except ImportError:
+        return "mpi4py: not installed (serial runs only; pip install mpi4py)"
+    line = f"mpi4py {mpi4py.__version__}"
+    try:
+        from mpi4py import MPI
+
+        line += f"  MPI: {MPI.Get_library_version().splitlines()[0].strip()}"
+    except Exception as e:  # noqa: BLE001 - report, don't fail
+        line += f"  (MPI library unusable: {e})"
+    return line
 
 
 def launched_by_mpi() -> bool:
@@ -72,13 +96,6 @@ class Comm:
 
     def allgather(self, obj: T) -> list:
         return [obj] if self.world is None else self.world.allgather(obj)
-
-    def barrier(self) -> None:
-        if self.world is not None:
-            self.world.Barrier()
-
-    def allreduce_max(self, value: float) -> float:
-        return value if self.world is None else self.world.allreduce(value, op=self._MPI.MAX)
 
     # -------------------------------------------------------------------- point to point (the work queue)
     def send(self, obj: Any, dest: int, tag: int) -> None:

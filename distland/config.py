@@ -23,13 +23,30 @@ class ConfigError(ValueError):
 
 # --------------------------------------------------------------------------------------------------- sections
 @dataclass
-class DataConfig:
+class DataSource:
+    """Where samples come from (the training config's whole ``data`` section)."""
+
     name: str = "digits"            # digits | synthetic | cifar10 | "package.module:function"
-    split: str = "train"            # train | test | both
-    max_samples: int = 0            # 0 = all
-    batch_size: int = 0             # 0 = chosen by the engine for the device
+    max_samples: int = 0            # per split; 0 = all
     root: str = ""                  # cifar10: the .tar.gz or the extracted cifar-10-batches-py/ folder
     options: Dict[str, Any] = field(default_factory=dict)   # extra keyword arguments for a built-in loader
+
+
+@dataclass
+class DataConfig(DataSource):
+    """A surface job's data: the source, which splits to evaluate, and the batch size."""
+
+    split: str = "train"            # train | test | both
+    batch_size: int = 0             # 0 = chosen by the engine for the device
+
+
+NORMS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")   # directions.norm (see distland.directions)
+
+
+def check_device(key: str, value: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (what :func:`distland.engine.pick_device` understands)."""
+    if not (value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value)):
+        raise ConfigError(f"{key}: {value!r} is not valid; choose auto, cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -92,11 +109,10 @@ class Config:
     def validate(self) -> "Config":
         _choice("data.split", self.data.split, ("train", "test", "both"))
         _choice("directions.kind", self.directions.kind, ("random", "interp", "file"))
-        _choice("directions.norm", self.directions.norm, ("filter", "layer", "weight", "dfilter", "dlayer", "none"))
+        _choice("directions.norm", self.directions.norm, NORMS)
         _choice("directions.ignore", self.directions.ignore, ("biasbn", "none"))
         _choice("directions.type", self.directions.type, ("weights", "states"))
-        if not (self.engine.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.engine.device)):
-            raise ConfigError(f"engine.device: {self.engine.device!r} is not valid; choose auto, cpu, cuda or cuda:N")
+        check_device("engine.device", self.engine.device)
         _choice("engine.channels_last", self.engine.channels_last, ("auto", "on", "off"))
         _choice("engine.fold_bn", self.engine.fold_bn, ("auto", "on", "off"))
         _choice("engine.compile", self.engine.compile, ("auto", "on", "off"))
@@ -125,7 +141,8 @@ class Config:
         from .quantities import REGISTRY as known  # the list of quantities lives with them
 
         for name in self.quantities:
-            _choice("quantities", name, tuple(known))
+            if ":" not in name:  # a plug-in "module:Class" is checked when the job builds it
+                _choice("quantities", name, tuple(known))
         if not self.quantities or len(set(self.quantities)) != len(self.quantities):
             raise ConfigError(f"quantities must list each quantity once, from {', '.join(known)}; "
                               f"got {self.quantities}")

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from .config import NORMS
+
 Tensors = Dict[str, torch.Tensor]
-NORMS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")
 _EPS = 1e-10   # guards 0/0 for an all-zero filter of θ* (then the direction's filter is zero too)
 
 
@@ -167,10 +168,6 @@ def _legacy(group, reference: Mapping[str, torch.Tensor], path: str, name: str) 
     return OrderedDict((k, torch.from_numpy(np.asarray(group[n]))) for k, n in zip(reference, names))
 
 
-def is_zero(direction: Mapping[str, torch.Tensor]) -> Dict[str, bool]:
-    return {k: not bool(v.any()) for k, v in direction.items()}
-
-
 def to_numpy(direction: Mapping[str, torch.Tensor]) -> Dict[str, np.ndarray]:
     return OrderedDict((k, v.detach().cpu().numpy()) for k, v in direction.items())
 
@@ -179,21 +176,16 @@ def from_numpy(arrays: Mapping[str, np.ndarray]) -> Tensors:
     return OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in arrays.items())
 
 
-def filter_norms(t: torch.Tensor) -> torch.Tensor:
-    """Norm of each slice along dim 0 (used by tests and by ``distland info``)."""
-    return t.detach().to(torch.float64).reshape(t.shape[0], -1).norm(dim=1)
-
-
 def build(reference: Mapping[str, torch.Tensor], kind: str, norm: str, ignore: str, seed: int, ndim: int,
           same_dir: bool = False, file: str = "", target: Optional[Mapping[str, torch.Tensor]] = None
-          ) -> Tuple[List[Tensors], str]:
-    """The directions for a job and a one-line description of where they came from."""
+          ) -> List[Tensors]:
+    """The directions for a job."""
     if kind == "random":
-        return make_random(reference, seed, norm, ignore, ndim, same_dir), f"random seed={seed} norm={norm}"
+        return make_random(reference, seed, norm, ignore, ndim, same_dir)
     if kind == "interp":
         if target is None:
             raise DirectionError("directions.kind 'interp' needs the target weights (directions.target)")
-        return [interpolation(reference, target)], "interpolation θ′ − θ"
+        return [interpolation(reference, target)]
     if kind == "file":
-        return load_file(file, reference, ndim), f"file {file}"
+        return load_file(file, reference, ndim)
     raise DirectionError(f"directions.kind {kind!r} is not valid; choose random, interp or file")

@@ -13,24 +13,13 @@ def describe_environment() -> str:
     import torch
 
     from . import __version__
+    from .comm import describe_mpi
     from .engine import cores_available
 
     lines = [f"distland {__version__}  python {platform.python_version()}  torch {torch.__version__}",
              f"h5py {h5py.__version__}  HDF5 {h5py.version.hdf5_version}  parallel (mpio): "
              f"{'yes' if h5py.get_config().mpi else 'no — rank 0 will write every result'}"]
-    try:
-        import mpi4py
-
-        line = f"mpi4py {mpi4py.__version__}"
-        try:
-            from mpi4py import MPI
-
-            line += f"  MPI: {MPI.Get_library_version().splitlines()[0].strip()}"
-        except Exception as e:  # noqa: BLE001 - report, don't fail
-            line += f"  (MPI library unusable: {e})"
-    except ImportError:
-        line = "mpi4py: not installed (serial runs only; pip install mpi4py)"
-    lines.append(line)
+    lines.append(describe_mpi())
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)

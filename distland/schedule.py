@@ -5,12 +5,13 @@ time, so the next one is already in its mailbox when it finishes the current one
 results itself (``mpio``) and reports ``DONE`` with the values (a few floats), which earns it the next unit. The
 worker loop is only recv → evaluate → write → send. Rank 0 evaluates units of its own and answers workers
 between its forward batches (a non-blocking probe per batch), so it costs workers no idle time while every
-rank does evaluation work. Unit sizes adapt (``grid.chunk_size``): about half a second of work, never more than a
+rank does evaluation work. Unit sizes adapt (:func:`chunk_size`): about half a second of work, never more than a
 fair share of what is left, so fast models don't flood the coordinator and slow points don't strand a rank.
 The original tool's static blocks plus an all-array reduce after every point is what this replaces.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,13 +19,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .comm import TAG_DONE, TAG_ERROR, TAG_WORK, Comm
-from .grid import chunk_size, from_runs, take, to_runs
+from .comm import TAG_ERROR, Comm
 
 Values = Dict[str, np.ndarray]
 EvalChunk = Callable[[List[int], Optional[Callable[[], None]]], Values]
 Write = Callable[[Sequence[int], Values], None]
 CREDIT = 2  # units a worker holds at once: the one it works on and the next
+# Tags of the coordinator protocol (errors travel under comm's TAG_ERROR, which every receive watches).
+TAG_WORK, TAG_DONE = 11, 12
 
 
 @dataclass
@@ -108,6 +110,66 @@ class _Rate:
             self.seconds = self.DECAY * self.seconds + seconds
 
 
+TAIL_SECONDS = 0.05   # the least work a unit holds once the speed is known (see chunk_size)
+GROWTH = 4   # slow start: a rank's next unit is at most this many times its previous one
+
+
+def chunk_size(remaining: int, nranks: int, rate: float = 0.0, target_seconds: float = 0.5,
+               max_chunk: int = 4096, fixed: int = 0, previous: int = 0) -> int:
+    """Points in the next work unit for a rank whose previous unit had ``previous`` points (0: none yet).
+
+    About ``target_seconds`` of work at ``rate`` (one rank's measured points per second; 0 while unknown), so
+    the coordinator's message rate stays low with fast models while slow points (a full CIFAR pass) go one at a
+    time. Never more than a fair share: the guided cap ``remaining / (2·nranks)`` shrinks units towards the end so
+    no rank is left holding a long one while the others idle, but not below TAIL_SECONDS of work. Slow start:
+    while the cost is unknown units go 1, 2, 4, …, and after that each is at most GROWTH× the rank's previous one,
+    so one optimistic timing (a point measured while an oversubscribed rank briefly had a core to itself) cannot
+    hand out a unit that outlasts everyone else's work. ``max_chunk`` bounds what a killed rank can lose.
+    """
+    if remaining <= 0:
+        return 0
+    if fixed > 0:
+        return min(fixed, remaining)
+    guided = math.ceil(remaining / (2 * max(1, nranks)))
+    if rate > 0:
+        timed = math.ceil(rate * target_seconds)
+        if previous > 0:
+            timed = min(timed, GROWTH * previous)
+    else:
+        timed = 2 * previous if previous > 0 else 1
+    size = min(remaining, max_chunk, guided, timed)
+    if rate > 0:
+        # The guided cap must not shrink units below TAIL_SECONDS of work: at the end of a fast sweep, one-point
+        # units would cost a round trip each for a millisecond of work, and the imbalance this allows is small.
+        size = max(size, min(remaining, max_chunk, timed, math.ceil(rate * TAIL_SECONDS)))
+    return max(1, size)
+
+
+def to_runs(points: Sequence[int]) -> List[Tuple[int, int]]:
+    """``points`` as ``(start, stop)`` runs of consecutive indices: a work unit's message stays a few bytes
+    (a fresh sweep's unit is one run), below MPI's eager limit however many points it holds."""
+    out: List[Tuple[int, int]] = []
+    for p in points:
+        p = int(p)
+        if out and out[-1][1] == p:
+            out[-1] = (out[-1][0], p + 1)
+        else:
+            out.append((p, p + 1))
+    return out
+
+
+def from_runs(runs: Sequence[Tuple[int, int]]) -> List[int]:
+    """The points of :func:`to_runs`' output, in order."""
+    return [p for start, stop in runs for p in range(start, stop)]
+
+
+def take(queue: List[int], n: int) -> List[int]:
+    """Pop the first ``n`` points off ``queue`` (in place) and return them."""
+    head = queue[:n]
+    del queue[:n]
+    return head
+
+
 def run(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Optional[Write], root_writes: bool,
         progress: Optional[Progress] = None, fixed_chunk: int = 0) -> List[RankStats]:
     """Evaluate every point of ``queue`` (meaningful on rank 0 only) across all ranks; returns every rank's
@@ -156,7 +218,7 @@ def _coordinate(comm: Comm, queue: List[int], evaluate: EvalChunk, write: Option
     stats = RankStats(0)
     t_start = time.monotonic()
 
-    previous = [0] * n   # size of the last unit handed to each rank (slow start, see grid.chunk_size)
+    previous = [0] * n   # size of the last unit handed to each rank (slow start, see chunk_size)
 
     def next_unit(rank: int) -> List[int]:
         rate = rates[rank].value or max((r.value for r in rates), default=0.0)

@@ -31,7 +31,7 @@ from . import schedule
 from .checkpoint import apply_state_dict, load_state_dict, sha256
 from .comm import Comm, get_comm
 from .config import Config, to_yaml
-from .data import load_split
+from .data import load_splits
 from .grid import Grid
 from .models import build_model
 from .surface import (JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing, h5py_has_mpi, set_attrs,
@@ -104,10 +104,7 @@ def build_reference_model(cfg: Config) -> Tuple[torch.nn.Module, str]:
 
 
 def load_data(cfg: Config) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
-    opts = dict(cfg.data.options)
-    if cfg.data.root:
-        opts["root"] = cfg.data.root
-    return {s: load_split(cfg.data.name, s, cfg.data.max_samples, **opts) for s in cfg.splits}
+    return load_splits(cfg.data, cfg.splits)
 
 
 def data_digest(splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]) -> str:
@@ -167,7 +164,7 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
     })
     mode = check_existing(cfg.output, spec, overwrite)
     if mode == "create":
-        made, _ = dirs.build(reference, cfg.directions.kind, cfg.directions.norm, cfg.directions.ignore,
+        made = dirs.build(reference, cfg.directions.kind, cfg.directions.norm, cfg.directions.ignore,
                              cfg.directions.seed, grid.ndim, cfg.directions.same_dir, cfg.directions.file, target)
         spec.directions = [dirs.to_numpy(d) for d in made]
         pending = {q.name: grid.size for q in spec.quantities}
@@ -304,6 +301,8 @@ def summarize(cfg: Config, grid: Grid, computed: int, seconds: float, ranks: int
 
     data = read(cfg.output)
     metric = f"{cfg.splits[0]}_loss"
+    if metric not in data.metrics:  # a file of other quantities only: nothing to say about the loss
+        return Summary(cfg.output, grid.shape, cfg.model, grid.size, computed, seconds, {}, 0, ranks, io, stats)
     values = data.metrics[metric]
     finite = np.isfinite(values) & data.done
     minimum: Dict[str, Any] = {}

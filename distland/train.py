@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, load, to_dict, to_yaml
-from .data import load_split
+from .config import ConfigError, DataSource, check_device, load, to_dict, to_yaml
+from .data import load_splits
+from .engine import pick_device
 from .evaluate import cross_entropy_eval
 from .models import build_model
 
@@ -37,22 +38,12 @@ AUTO_AUGMENT_SIZE = 32   # augment: auto turns augmentation on for images at lea
 
 
 @dataclass
-class TrainDataConfig:
-    """The data section of a training config; both the train and the test split of ``name`` are loaded."""
-
-    name: str = "digits"            # digits | synthetic | cifar10 | "package.module:function"
-    root: str = ""                  # cifar10: the .tar.gz or the extracted cifar-10-batches-py/ folder
-    max_samples: int = 0            # per split; 0 = all
-    options: Dict[str, Any] = field(default_factory=dict)   # extra keyword arguments for a built-in loader
-
-
-@dataclass
 class TrainConfig:
     """One training run. Defaults are the paper's CIFAR-10 recipe; model and data default to the CPU demo."""
 
     model: str = "democnn"
     model_args: Dict[str, Any] = field(default_factory=dict)
-    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    data: DataSource = field(default_factory=DataSource)   # both its train and its test split are loaded
     optimizer: str = "sgd"          # sgd (momentum, optionally Nesterov) | adam
     lr: float = 0.1
     momentum: float = 0.9           # sgd only
@@ -94,22 +85,11 @@ class TrainConfig:
             raise ConfigError("save_every, num_threads and data.max_samples must be >= 0")
         if not self.out_dir:
             raise ConfigError("out_dir must name the folder for checkpoints and metrics")
-        dev = self.device
-        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            raise ConfigError(f"device: {dev!r} is not valid; choose one of auto, cpu, cuda, cuda:N")
+        check_device("device", self.device)
         return self
 
 
 # --------------------------------------------------------------------------------------------------- pieces
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` picks the GPU when there is one; asking for CUDA without one is a config error."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {spec!r} but torch sees no CUDA GPU; use device: cpu or auto")
-    return torch.device(spec)
-
-
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = PAD) -> torch.Tensor:
     """Per-image random ``pad``-pixel-shift crop and horizontal flip of an NCHW batch, as one gather.
 
@@ -253,15 +233,11 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------- driver
 def load_data(cfg: TrainConfig) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
     """The train and test splits as whole tensors (errors in the data section become config errors)."""
-    opts = dict(cfg.data.options)
-    if cfg.data.root:
-        opts["root"] = cfg.data.root
     try:
-        train_xy = load_split(cfg.data.name, "train", cfg.data.max_samples, **opts)
-        test_xy = load_split(cfg.data.name, "test", cfg.data.max_samples, **opts)
+        splits = load_splits(cfg.data, ("train", "test"))
     except (ValueError, FileNotFoundError) as e:   # unknown name, missing or corrupt cifar10 root
         raise ConfigError(f"data: {e}") from None
-    return train_xy, test_xy
+    return splits["train"], splits["test"]
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -270,7 +246,10 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out_dir)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
+    try:
+        device = torch.device(pick_device(cfg.device, 0))
+    except RuntimeError as e:   # CUDA asked for, none visible
+        raise ConfigError(str(e).replace("engine.device", "device")) from None
     resume = read_resume_point(out)
     if resume is not None:
         check_resumable(cfg, resume["config"], out / "last.pt")

@@ -29,3 +29,47 @@ class SlowMLP(nn.Module):
 
 def slow_mlp(delay: float = 0.0, fail_rank: int = -1, fail_after: int = 0) -> nn.Module:
     return SlowMLP(delay, fail_rank, fail_after)
+
+
+# ------------------------------------------------------------------------------------------ a plug-in quantity
+from distland.quantities import PointEvaluator, Quantity  # noqa: E402
+from distland.surface import Dataset, QuantityLayout  # noqa: E402
+
+
+class CoordQuantity(Quantity):
+    """A per-point quantity that needs no model: ``coord_sum`` = x + 10 y (float64) and ``coord_rank`` (int32,
+    fill −1) = the MPI rank that computed the point. Exercises the seam: its own datasets, dtypes, fill values
+    and ``coord_done`` mask, added to a loss surface without recomputing the loss."""
+
+    name = "coord"
+    fail_after = -1   # tests set it: raise after this many points (a crash in the middle of a sweep)
+
+    @classmethod
+    def from_config(cls, cfg: object) -> "CoordQuantity":
+        return cls()
+
+    def layout(self) -> QuantityLayout:
+        return QuantityLayout(self.name, (Dataset("coord_sum"), Dataset("coord_rank", "i4", -1)), {"version": 1})
+
+    def start(self, ctx) -> PointEvaluator:
+        return _CoordEvaluator()
+
+
+class _CoordEvaluator(PointEvaluator):
+    def __init__(self) -> None:
+        self.points = 0
+
+    def evaluate(self, points, poll=None):
+        import numpy as np
+
+        out = []
+        for coords in points:
+            if CoordQuantity.fail_after >= 0 and self.points >= CoordQuantity.fail_after:
+                raise RuntimeError("injected failure in the coord quantity")
+            self.points += 1
+            out.append(coords[0] + 10 * (coords[1] if len(coords) > 1 else 0.0))
+        rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMIX_RANK", "0")))
+        return {"coord_sum": np.array(out, dtype=np.float64), "coord_rank": np.full(len(out), rank, np.int32)}
+
+    def facts(self):
+        return {"coord_points": self.points}

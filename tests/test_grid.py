@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from distland.config import GridConfig
-from distland.grid import TAIL_SECONDS, Grid, axis, chunk_size, from_runs, iter_chunks, segments, static_blocks, take, to_runs
+from distland.grid import Grid, axis, segments
+from distland.schedule import TAIL_SECONDS, chunk_size, from_runs, take, to_runs
 
 
 # --------------------------------------------------------------------------------------------- Grid
@@ -84,20 +85,6 @@ def test_segments_cover_every_point_once_in_maximal_row_runs(ny):
 
 
 # --------------------------------------------------------------------------------------------- static blocks
-def test_static_blocks_are_contiguous_and_balanced():
-    for n in range(0, 25):
-        for nranks in range(1, 8):
-            blocks = static_blocks(n, nranks)
-            assert len(blocks) == nranks
-            assert blocks[0][0] == 0 and blocks[-1][1] == n
-            for (a, b), (c, _) in zip(blocks, blocks[1:]):
-                assert b == c
-            sizes = [b - a for a, b in blocks]
-            assert min(sizes) >= 0 and max(sizes) - min(sizes) <= 1
-            assert sorted(sizes, reverse=True) == sizes  # the extra points go to the first ranks
-
-
-# --------------------------------------------------------------------------------------------- chunk size
 @pytest.mark.parametrize("nranks", [1, 2, 5, 64])
 def test_chunk_size_bounds(nranks):
     for remaining in range(0, 60):
@@ -157,9 +144,7 @@ def test_runs_round_trip(points):
         assert runs == [(0, 3), (5, 7), (9, 10), (11, 13)]
 
 
-def test_take_and_iter_chunks():
+def test_take():
     queue = list(range(10))
     assert take(queue, 3) == [0, 1, 2] and queue == list(range(3, 10))
     assert take(queue, 100) == list(range(3, 10)) and queue == []
-    assert list(iter_chunks(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert list(iter_chunks([], 3)) == []

@@ -250,3 +250,21 @@ def test_large_units_do_not_deadlock(tmp_path):
         assert f["done"][()].all()
         for k, v in full.items():
             assert np.array_equal(f[k][()], v), k
+
+
+def test_a_plugged_quantity_joins_an_mpi_surface_and_equals_serial(tmp_path, reference):
+    """The seam under MPI: a second quantity (tests/plugins.py CoordQuantity) added to a 2-rank loss surface by a
+    3-rank job: its own datasets and done mask, spread over the ranks, the loss not recomputed."""
+    cfg = write_config(tmp_path, "q", sweep__chunk=1)
+    assert run(2, cfg).returncode == 0
+    loss_before = arrays(tmp_path / "q.h5")
+    cfg = write_config(tmp_path, "q", sweep__chunk=1, quantities=["loss", "plugins:CoordQuantity"])
+    r = run(3, cfg)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(tmp_path / "q.h5", "r") as f:
+        x, y = f["xcoordinates"][()], f["ycoordinates"][()]
+        np.testing.assert_array_equal(f["coord_sum"][()], x[:, None] + 10 * y[None, :])
+        assert f["coord_done"][()].all() and int(f.attrs["coord_points"]) == x.size * y.size
+        assert len(set(f["coord_rank"][()].ravel().tolist())) > 1   # the points were spread over ranks
+    assert_same(arrays(tmp_path / "q.h5"), loss_before)
+    assert np.array_equal(arrays(tmp_path / "q.h5")["train_loss"], loss_before["train_loss"])

@@ -8,7 +8,7 @@ Names: ``digits`` (scikit-learn's bundled 8×8 digits), ``synthetic`` (CIFAR-sha
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import torch
 
@@ -57,3 +57,12 @@ def load_split(name: str, split: str, max_samples: int = 0, **options: Any) -> S
     if max_samples and max_samples > 0:
         x, y = x[:max_samples], y[:max_samples]
     return x.float().contiguous(), y.long().contiguous()
+
+
+def load_splits(source: Any, splits: Sequence[str]) -> Dict[str, Split]:
+    """Each of ``splits`` of a data source (a config's ``data`` section: ``name``, ``max_samples``, ``root``,
+    ``options``), in order."""
+    options = dict(source.options)
+    if source.root:
+        options["root"] = source.root
+    return {s: load_split(source.name, s, source.max_samples, **options) for s in splits}

@@ -88,8 +88,17 @@ def build(names: Sequence[str], cfg: object) -> List[Quantity]:
 
     out = []
     for name in names:
-        if name not in REGISTRY:
-            raise ValueError(f"unknown quantity {name!r}; choose from {', '.join(REGISTRY)}")
-        module, cls = REGISTRY[name].split(":")
-        out.append(getattr(importlib.import_module(module), cls).from_config(cfg))
+        if ":" in name:  # a plug-in: "package.module:QuantityClass"
+            from ..models import import_object
+
+            cls = import_object(name, "quantity")
+            if not (isinstance(cls, type) and issubclass(cls, Quantity)):
+                raise ValueError(f"quantity {name!r} is not a distland.quantities.Quantity subclass")
+        elif name in REGISTRY:
+            module, attr = REGISTRY[name].split(":")
+            cls = getattr(importlib.import_module(module), attr)
+        else:
+            raise ValueError(f"unknown quantity {name!r}; choose from {', '.join(REGISTRY)} "
+                             "(or a plug-in 'package.module:QuantityClass')")
+        out.append(cls.from_config(cfg))
     return out
