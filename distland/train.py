@@ -339,7 +339,7 @@ def add_subcommand(subparsers: Any) -> None:
         description="Train a model and write checkpoints, metrics and a resume point under out_dir. "
                     "Re-running the same command resumes; a finished run is not repeated.")
     p.add_argument("config", metavar="CONFIG", help="training config YAML (e.g. configs/small/train/*.yaml)")
-    p.add_argument("--set", dest="set", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, value parsed as YAML (repeatable), e.g. --set epochs=5")
     p.set_defaults(func=run_cli)
 
@@ -347,7 +347,7 @@ def add_subcommand(subparsers: Any) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     """Entry point of the ``train`` subcommand; config problems exit with status 2 and a one-line message."""
     try:
-        train(load(TrainConfig, args.config, args.set))
+        train(load(TrainConfig, args.config, args.overrides))
     except ConfigError as e:
         print(f"distland train: error: {e}", file=sys.stderr)
         return 2
