@@ -304,6 +304,12 @@ class SurfaceWriter:
     def _sel(self, i: int, j0: int, j1: int) -> Tuple[Any, ...]:
         return (slice(j0, j1),) if self.grid.ndim == 1 else (i, slice(j0, j1))
 
+    def abandon(self) -> None:
+        """Make closing a no-op, for a rank about to be aborted with the others: closing an ``mpio`` file is
+        collective and would hang. The file object is kept (dropping it would close it too); finished points are
+        already on disk, since every write is done before it is reported."""
+        self._abandoned, self.f = self.f, None
+
     def close(self) -> None:
         if self.f is not None:
             self.f.close()

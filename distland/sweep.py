@@ -255,7 +255,7 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
                 stats.extend(_run_quantity(cfg, comm, grid, q.name, ev, writer, io))
         except BaseException:
             if comm.size > 1 and writer is not None and writer.parallel:
-                writer.f = None  # under MPI the caller aborts every rank: a collective close would hang
+                writer.abandon()  # under MPI the caller aborts every rank: a collective close would hang
             raise
         facts: Dict[str, int] = {}
         for ev in evaluators:
