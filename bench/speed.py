@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from distland import directions as D
 from distland.config import EngineConfig
 from distland.engine import Engine, choose, largest_activation
-from distland.evaluate import SurfaceEvaluator, cross_entropy_eval
+from distland.evaluate import SurfaceEvaluator, split_loss
 from distland.models import build_model
 
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
@@ -202,7 +202,7 @@ def main() -> None:
             for k in dx:
                 torch.add(ref[k], dx[k], alpha=a, out=live[k].data)
                 live[k].data.add_(dy[k], alpha=b)
-        return cross_entropy_eval(bare_model, x, y, 128)[0]
+        return split_loss(bare_model, x, y, 128)[0]
 
     # (3) distland's engine as a long sweep runs it (compile: auto decides yes), and (3b) without compiling
     eng = choose(EngineConfig(threads=torch.get_num_threads()), activation_bytes=largest_activation(model, x))

@@ -43,6 +43,16 @@ class DataConfig(DataSource):
 NORMS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")   # directions.norm (see distland.directions)
 
 
+LOSSES = ("cross_entropy", "mse")   # the built-in criteria of distland.losses
+
+
+def check_loss(key: str, value: str) -> None:
+    """A built-in criterion or a plug-in ``module:function`` (imported only when a job uses it)."""
+    if ":" not in value and value not in LOSSES:
+        raise ConfigError(f"{key}: {value!r} is not valid; choose {', '.join(LOSSES)} or a plug-in "
+                          "'package.module:function' returning per-sample losses")
+
+
 def check_device(key: str, value: str) -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (what :func:`distland.engine.pick_device` understands)."""
     if not (value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value)):
@@ -96,6 +106,7 @@ class Config:
 
     model: str = "democnn"
     model_args: Dict[str, Any] = field(default_factory=dict)
+    loss: str = "cross_entropy"     # cross_entropy | mse | "package.module:function" (see distland.losses)
     checkpoint: str = ""
     train: str = ""                 # training config that produces `checkpoint` if it does not exist yet
     data: DataConfig = field(default_factory=DataConfig)
@@ -138,6 +149,7 @@ class Config:
             raise ConfigError("directions.kind 'file' needs directions.file")
         if not self.output:
             raise ConfigError("output must name the surface file to write")
+        check_loss("loss", self.loss)
         from .quantities import REGISTRY as known  # the list of quantities lives with them
 
         for name in self.quantities:

@@ -16,31 +16,36 @@ import dataclasses
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import feed
 from .engine import Engine
 from .fold import fold_batchnorm
+from .losses import Criterion, resolve
+
+CROSS_ENTROPY = resolve("cross_entropy")
 
 Tensors = Mapping[str, torch.Tensor]
 
 
-def cross_entropy_eval(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int,
-                       poll: Optional[Callable[[], None]] = None, autocast: Optional[torch.dtype] = None
-                       ) -> Tuple[float, float]:
-    """Mean cross-entropy (float64 accumulation) and accuracy in percent over all samples, in eval mode."""
+def split_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int,
+               criterion: Optional[Criterion] = None, poll: Optional[Callable[[], None]] = None,
+               autocast: Optional[torch.dtype] = None) -> Tuple[float, Optional[float]]:
+    """Mean loss (float64 accumulation; cross-entropy unless ``criterion``) and accuracy in percent (None when the
+    criterion has none) over all samples, in eval mode."""
     n = int(targets.shape[0])
     batches = ((inputs[s:s + batch_size], targets[s:s + batch_size]) for s in range(0, n, batch_size))
-    return eval_batches(model, batches, n, inputs.device, poll, autocast)
+    return eval_batches(model, batches, n, inputs.device, criterion, poll, autocast)
 
 
 def eval_batches(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], n: int,
-                 device: torch.device, poll: Optional[Callable[[], None]] = None,
-                 autocast: Optional[torch.dtype] = None) -> Tuple[float, float]:
-    """:func:`cross_entropy_eval` over ``batches`` (on ``device``) holding ``n`` samples in all."""
+                 device: torch.device, criterion: Optional[Criterion] = None,
+                 poll: Optional[Callable[[], None]] = None,
+                 autocast: Optional[torch.dtype] = None) -> Tuple[float, Optional[float]]:
+    """:func:`split_loss` over ``batches`` (on ``device``) holding ``n`` samples in all."""
     if n == 0:
         raise ValueError("the data split is empty; check data.max_samples and the data set")
+    criterion = criterion or CROSS_ENTROPY
     # Sums stay on the device until the end: no host synchronisation per batch on a GPU.
     total = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -48,11 +53,16 @@ def eval_batches(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.T
                                                 enabled=autocast is not None):
         for x, y in batches:
             out = model(x).float()
-            total += F.cross_entropy(out, y, reduction="sum").double()
-            correct += (out.argmax(1) == y).sum()
+            losses = criterion.losses(out, y)
+            if losses.shape != (out.shape[0],):   # a plug-in that reduced the batch would be silently wrong
+                raise ValueError(f"loss {criterion.name!r} returned shape {tuple(losses.shape)} for a batch of "
+                                 f"{out.shape[0]}; it must return one loss per sample (reduction='none')")
+            total += losses.double().sum()
+            if criterion.correct is not None:
+                correct += criterion.correct(out, y).sum()
             if poll is not None:
                 poll()  # lets the coordinator on rank 0 answer workers between batches
-    return float(total) / n, 100.0 * int(correct) / n
+    return float(total) / n, (100.0 * int(correct) / n if criterion.correct is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------- evaluator
@@ -60,7 +70,9 @@ class SurfaceEvaluator:
     """Evaluates the metrics of one grid point at a time on one device."""
 
     def __init__(self, model: nn.Module, reference: Tensors, directions: Sequence[Tensors],
-                 splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]], engine: Engine) -> None:
+                 splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]], engine: Engine,
+                 criterion: Optional[Criterion] = None) -> None:
+        self.criterion = criterion or CROSS_ENTROPY
         self.device = torch.device(engine.device)
         exec_model = copy.deepcopy(model).eval()
         base = {k: v.detach().clone() for k, v in reference.items()}
@@ -148,28 +160,35 @@ class SurfaceEvaluator:
             try:
                 if cuda:
                     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-                exact = {}
-                for name in self.data:
-                    exact[f"{name}_loss"], exact[f"{name}_acc"] = self._eval(self._eager, name, None, None)
+                exact = self._metrics(self._eager, None, None)
             finally:
                 if saved is not None:
                     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
             for key, value in exact.items():
+                if value is None:
+                    continue
                 if key.endswith("_loss"):
                     worst_loss = max(worst_loss, abs(reduced[key] - value) / max(abs(value), 1e-12))
                 else:
                     worst_acc = max(worst_acc, abs(reduced[key] - value))
         return {"max_rel_loss_error": worst_loss, "max_acc_diff": worst_acc, "points": float(len(points))}
 
-    def evaluate(self, coeffs: Sequence[float], poll: Optional[Callable[[], None]] = None) -> Dict[str, float]:
-        """``{"<split>_loss": mean loss, "<split>_acc": percent}`` at the point ``coeffs``."""
+    def evaluate(self, coeffs: Sequence[float], poll: Optional[Callable[[], None]] = None
+                 ) -> Dict[str, Optional[float]]:
+        """``{"<split>_loss": mean loss, "<split>_acc": percent}`` at the point ``coeffs`` (accuracy None when the
+        criterion has none)."""
         self.set_point(coeffs)
-        out: Dict[str, float] = {}
+        return self._metrics(self.model, poll, self._autocast)
+
+    def _metrics(self, model: nn.Module, poll: Optional[Callable[[], None]], autocast: Optional[torch.dtype]
+                 ) -> Dict[str, Optional[float]]:
+        out: Dict[str, Optional[float]] = {}
         for name in self.data:
-            out[f"{name}_loss"], out[f"{name}_acc"] = self._eval(self.model, name, poll, self._autocast)
+            out[f"{name}_loss"], out[f"{name}_acc"] = self._eval(model, name, poll, autocast)
         return out
 
     def _eval(self, model: nn.Module, name: str, poll: Optional[Callable[[], None]],
-              autocast: Optional[torch.dtype]) -> Tuple[float, float]:
+              autocast: Optional[torch.dtype]) -> Tuple[float, Optional[float]]:
         split = self.data[name]
-        return eval_batches(model, split.batches(self.engine.batch_size), split.n, self.device, poll, autocast)
+        return eval_batches(model, split.batches(self.engine.batch_size), split.n, self.device, self.criterion,
+                            poll, autocast)

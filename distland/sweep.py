@@ -104,7 +104,7 @@ def build_reference_model(cfg: Config) -> Tuple[torch.nn.Module, str]:
 
 
 def load_data(cfg: Config) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
-    return load_splits(cfg.data, cfg.splits)
+    return load_splits(cfg.data, cfg.splits, class_targets=":" not in cfg.loss)
 
 
 def data_digest(splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]) -> str:

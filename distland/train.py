@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, DataSource, check_device, load, to_dict, to_yaml
+from .config import ConfigError, DataSource, check_device, check_loss, load, to_dict, to_yaml
 from .data import load_splits
 from .engine import pick_device
-from .evaluate import cross_entropy_eval
+from .evaluate import CROSS_ENTROPY, split_loss
+from .losses import Criterion, resolve
 from .models import build_model
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
@@ -43,6 +44,7 @@ class TrainConfig:
 
     model: str = "democnn"
     model_args: Dict[str, Any] = field(default_factory=dict)
+    loss: str = "cross_entropy"     # cross_entropy | mse | "package.module:function" (see distland.losses)
     data: DataSource = field(default_factory=DataSource)   # both its train and its test split are loaded
     optimizer: str = "sgd"          # sgd (momentum, optionally Nesterov) | adam
     lr: float = 0.1
@@ -86,6 +88,7 @@ class TrainConfig:
         if not self.out_dir:
             raise ConfigError("out_dir must name the folder for checkpoints and metrics")
         check_device("device", self.device)
+        check_loss("loss", self.loss)
         return self
 
 
@@ -134,8 +137,10 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                batch_size: int, generator: torch.Generator, augment: bool) -> Tuple[float, float]:
-    """One pass over shuffled minibatches in train mode; returns (mean loss, accuracy) seen during the pass."""
+                batch_size: int, generator: torch.Generator, augment: bool, criterion: Criterion = CROSS_ENTROPY
+                ) -> Tuple[float, float]:
+    """One pass over shuffled minibatches in train mode; returns (mean loss, accuracy) seen during the pass
+    (accuracy NaN when the criterion has none)."""
     model.train()
     n = x.shape[0]
     order = torch.randperm(n, generator=generator).to(x.device)
@@ -150,21 +155,24 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
         if augment:
             xb = random_crop_flip(xb, generator)
         out = model(xb)
-        loss = F.cross_entropy(out, yb)
+        loss = criterion.mean(out, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         # Accumulate on the device: a .item() per step would stall the GPU pipeline.
         loss_sum += loss.detach().double() * idx.numel()
-        correct += (out.detach().argmax(1) == yb).sum()
+        if criterion.correct is not None:
+            correct += criterion.correct(out.detach(), yb).sum()
         seen += idx.numel()
-    return loss_sum.item() / seen, correct.item() / seen
+    return loss_sum.item() / seen, correct.item() / seen if criterion.correct is not None else float("nan")
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Tuple[float, float]:
-    """Mean cross-entropy and accuracy as a fraction, in eval mode (BatchNorm uses its running statistics)."""
-    loss, acc_percent = cross_entropy_eval(model.eval(), x, y, batch_size)
-    return loss, acc_percent / 100.0
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             criterion: Criterion = CROSS_ENTROPY) -> Tuple[float, float]:
+    """Mean loss and accuracy as a fraction (NaN without one), in eval mode (BatchNorm uses its running
+    statistics)."""
+    loss, acc_percent = split_loss(model.eval(), x, y, batch_size, criterion)
+    return loss, acc_percent / 100.0 if acc_percent is not None else float("nan")
 
 
 # --------------------------------------------------------------------------------------------------- files
@@ -234,7 +242,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 def load_data(cfg: TrainConfig) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
     """The train and test splits as whole tensors (errors in the data section become config errors)."""
     try:
-        splits = load_splits(cfg.data, ("train", "test"))
+        splits = load_splits(cfg.data, ("train", "test"), class_targets=":" not in cfg.loss)
     except (ValueError, FileNotFoundError) as e:   # unknown name, missing or corrupt cifar10 root
         raise ConfigError(f"data: {e}") from None
     return splits["train"], splits["test"]
@@ -263,6 +271,10 @@ def train(cfg: TrainConfig) -> Path:
         model = build_model(cfg.model, **cfg.model_args).to(device)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model: {e}") from None
+    try:
+        criterion = resolve(cfg.loss)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.lr_milestones, cfg.lr_gamma)
     (x_train, y_train), (x_test, y_test) = load_data(cfg)
@@ -293,8 +305,9 @@ def train(cfg: TrainConfig) -> Path:
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         gen = epoch_generator(cfg.seed, epoch)
-        train_loss, train_acc = train_epoch(model, optimizer, x_train, y_train, cfg.batch_size, gen, augment)
-        test_loss, test_acc = evaluate(model, x_test, y_test, eval_batch)
+        train_loss, train_acc = train_epoch(model, optimizer, x_train, y_train, cfg.batch_size, gen, augment,
+                                            criterion)
+        test_loss, test_acc = evaluate(model, x_test, y_test, eval_batch, criterion)
         scheduler.step()
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                "test_loss": test_loss, "test_acc": test_acc, "seconds": round(time.perf_counter() - t0, 3)}

@@ -73,3 +73,36 @@ class _CoordEvaluator(PointEvaluator):
 
     def facts(self):
         return {"coord_points": self.points}
+
+
+# ------------------------------------------------------------------------------------------ plug-in losses
+def regression_data(split: str):
+    """y = x·w + noise on 64 features: a regression task (float targets of shape (N, 1))."""
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    x = torch.randn(96, 64, generator=g)
+    w = torch.linspace(-1, 1, 64)
+    return x, (x @ w + 0.1 * torch.randn(96, generator=g))[:, None]
+
+
+def linear_regressor() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Linear(64, 1)
+
+
+def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared error (no accuracy)."""
+    return ((out - y) ** 2).sum(dim=1)
+
+
+def margin_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample multi-class hinge loss, with accuracy through its ``correct`` attribute."""
+    true = out.gather(1, y[:, None])
+    return torch.clamp(1 + out - true, min=0).sum(dim=1) - 1
+
+
+margin_loss.correct = lambda out, y: out.argmax(1) == y  # type: ignore[attr-defined]
+
+
+def batch_mean_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A wrong plug-in: it reduces the batch."""
+    return torch.nn.functional.cross_entropy(out, y)

@@ -16,7 +16,7 @@ from distland import directions as D
 from distland.config import EngineConfig
 from distland.data import load_split
 from distland.engine import Engine, choose
-from distland.evaluate import SurfaceEvaluator, cross_entropy_eval
+from distland.evaluate import SurfaceEvaluator, split_loss
 from distland.fold import find_conv_bn_pairs
 from distland.models.demo import DemoCNN
 from distland.sweep import run_surface
@@ -199,15 +199,15 @@ def test_engine_choice_rules():
     assert choose(EngineConfig(device="cpu", threads=0), local_size=2, cores=8).threads >= 1
 
 
-def test_cross_entropy_eval_matches_plain_and_batches_do_not_matter(digits_train):
+def test_split_loss_matches_plain_and_batches_do_not_matter(digits_train):
     model = make_model("democnn", seed=1)
     x, y = digits_train
     want = plain_loss(model, x, y)
     for bs in (1, 7, 1000):
-        loss, acc = cross_entropy_eval(model, x, y, bs)
+        loss, acc = split_loss(model, x, y, bs)
         assert loss == pytest.approx(want[0], rel=1e-6) and acc == pytest.approx(want[1])
     with pytest.raises(ValueError, match="empty"):
-        cross_entropy_eval(model, x[:0], y[:0], 8)
+        split_loss(model, x[:0], y[:0], 8)
 
 
 # --------------------------------------------------------------------------------------------- the paper's point

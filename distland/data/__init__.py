@@ -37,8 +37,9 @@ def _resolve(name: str) -> Callable[..., Split]:
     return getattr(importlib.import_module(mod), fn)
 
 
-def load_split(name: str, split: str, max_samples: int = 0, **options: Any) -> Split:
+def load_split(name: str, split: str, max_samples: int = 0, class_targets: bool = True, **options: Any) -> Split:
     """Load one split as ``(float inputs, int64 targets)``; ``max_samples > 0`` keeps the first that many.
+    With ``class_targets=False`` (a plug-in loss, e.g. regression) targets may be any tensor and keep their dtype.
 
     ``options`` go to built-in loaders (e.g. ``root`` for cifar10); plug-ins are called with the split name only.
     """
@@ -51,18 +52,19 @@ def load_split(name: str, split: str, max_samples: int = 0, **options: Any) -> S
     x, y = (torch.as_tensor(t) for t in out)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"data {name!r} split {split!r}: {x.shape[0]} inputs but {y.shape[0]} targets")
-    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.ndim != 1:
+    if class_targets and (y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.ndim != 1):
         raise ValueError(f"data {name!r} split {split!r}: targets must be a 1-D integer tensor of class indices, "
-                         f"got {tuple(y.shape)} {y.dtype}")
+                         f"got {tuple(y.shape)} {y.dtype} (a plug-in loss accepts any targets)")
     if max_samples and max_samples > 0:
         x, y = x[:max_samples], y[:max_samples]
-    return x.float().contiguous(), y.long().contiguous()
+    y = y.long() if class_targets else (y.float() if y.is_floating_point() else y)
+    return x.float().contiguous(), y.contiguous()
 
 
-def load_splits(source: Any, splits: Sequence[str]) -> Dict[str, Split]:
+def load_splits(source: Any, splits: Sequence[str], class_targets: bool = True) -> Dict[str, Split]:
     """Each of ``splits`` of a data source (a config's ``data`` section: ``name``, ``max_samples``, ``root``,
     ``options``), in order."""
     options = dict(source.options)
     if source.root:
         options["root"] = source.root
-    return {s: load_split(source.name, s, source.max_samples, **options) for s in splits}
+    return {s: load_split(source.name, s, source.max_samples, class_targets, **options) for s in splits}

@@ -9,41 +9,49 @@ import numpy as np
 
 from .. import engine as engines
 from ..evaluate import SurfaceEvaluator
+from ..losses import Criterion, resolve
 from ..surface import Dataset, QuantityLayout
 from . import Context, PointEvaluator, Poll, Quantity
 
 KINDS = ("loss", "acc")
 
 
-def dataset_names(splits: Sequence[str]) -> List[str]:
+def dataset_names(splits: Sequence[str], accuracy: bool = True) -> List[str]:
     """``<split>_loss`` and ``<split>_acc`` per split: the paper authors' dataset names."""
-    return [f"{s}_{k}" for s in splits for k in KINDS]
+    return [f"{s}_{k}" for s in splits for k in (KINDS if accuracy else KINDS[:1])]
 
 
 class LossQuantity(Quantity):
-    """``<split>_loss`` (float64 mean over samples) and ``<split>_acc`` (percent), masked by ``done``."""
+    """``<split>_loss`` (float64 mean over samples) and ``<split>_acc`` (percent; not for a plug-in loss without
+    accuracy), masked by ``done``. ``loss`` names the criterion (:mod:`distland.losses`)."""
 
     name = "loss"
 
-    def __init__(self, splits: Sequence[str]) -> None:
+    def __init__(self, splits: Sequence[str], loss: str = "cross_entropy") -> None:
         self.splits = tuple(splits)
+        self.loss = loss
+        self.criterion = resolve(loss)
 
     @classmethod
     def from_config(cls, cfg: object) -> "LossQuantity":
-        return cls(cfg.splits)  # type: ignore[attr-defined]
+        return cls(cfg.splits, cfg.loss)  # type: ignore[attr-defined]
 
     def layout(self) -> QuantityLayout:
-        return QuantityLayout(self.name, tuple(Dataset(n) for n in dataset_names(self.splits)))
+        names = dataset_names(self.splits, self.criterion.correct is not None)
+        # Cross-entropy, the default, adds nothing: files written before losses were selectable resume as before.
+        identity = {} if self.loss == "cross_entropy" else {"loss": self.loss}
+        return QuantityLayout(self.name, tuple(Dataset(n) for n in names), identity)
 
     def start(self, ctx: Context) -> PointEvaluator:
-        return LossEvaluator(ctx)
+        return LossEvaluator(ctx, self.criterion)
 
 
 class LossEvaluator(PointEvaluator):
-    def __init__(self, ctx: Context) -> None:
-        self.evaluator = SurfaceEvaluator(ctx.model, ctx.reference, ctx.directions, ctx.splits, ctx.engine)
+    def __init__(self, ctx: Context, criterion: Criterion) -> None:
+        self.evaluator = SurfaceEvaluator(ctx.model, ctx.reference, ctx.directions, ctx.splits, ctx.engine,
+                                          criterion)
         self.engine = self.evaluator.engine
-        self.names = [f"{s}_{k}" for s in ctx.splits for k in KINDS]
+        self.names = dataset_names(list(ctx.splits), criterion.correct is not None)
         # engine.compile: auto, never on the coordinator of a multi-rank job: while it compiled it could hand
         # out no work.
         self.probe = engines.CompileProbe(ctx.engine.compile == "auto" and not ctx.coordinator, ctx.share)
