@@ -36,6 +36,7 @@ class Engine:
     threads: int = 0
     precision: str = "fp32"
     stream_data: str = "auto"   # auto | on | off (resolved to on/off by the evaluator, see :mod:`distland.feed`)
+    ranks_on_device: int = 1    # ranks sharing this rank's GPU (they split its memory)
 
 
 def cross_entropy_eval(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int,
@@ -132,7 +133,7 @@ class SurfaceEvaluator:
         self.model = exec_model
         self.compiled = False
         nbytes = sum(x.numel() * x.element_size() + y.numel() * y.element_size() for x, y in splits.values())
-        stream = feed.should_stream(engine.stream_data, nbytes, self.device)
+        stream = feed.should_stream(engine.stream_data, nbytes, self.device, engine.ranks_on_device)
         self.engine.stream_data = "on" if stream else "off"   # resolved, as recorded in the file
         self.data: Dict[str, feed.Split] = {
             name: feed.place(x, y, self.device, engine.channels_last, engine.batch_size, stream)

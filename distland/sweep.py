@@ -252,8 +252,9 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
     engines.apply_process_settings(eng)
     reference = dirs.reference_weights(model, cfg.directions.type)
     directions = [dirs.from_numpy(d) for d in plan.spec.directions]
+    eng.ranks_on_device = engines.count_ranks_on_device(eng, comm)
     evaluator = SurfaceEvaluator(model, reference, directions, splits, eng)
-    device_line = f"rank {comm.rank} host {comm.host} device {eng.device} threads {eng.threads}"
+    device_line = engines.device_line(eng, comm.rank, comm.host)
     devices = comm.allgather(device_line)
     engine_json = json.dumps(dataclasses.asdict(eng), sort_keys=True)
     run_attrs = {"devices": devices, "engine": comm.bcast(engine_json), "io": io, "nranks": comm.size,
@@ -285,7 +286,7 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
                 times.append(time.perf_counter() - t0)
                 if len(times) >= engines.AUTO_COMPILE_POINTS or len(times) >= plan.pending:
                     probe["times"] = None
-                    if engines.worth_compiling(min(times), plan.pending // comm.size - len(times)):
+                    if engines.worth_compiling(min(times), plan.pending // comm.size - len(times), eng.device):
                         evaluator.compile_model()
         return {m: np.array([r[m] for r in rows], dtype=np.float64) for m in metrics}
 
