@@ -97,10 +97,10 @@ def flop_per_image(model: torch.nn.Module, sample: torch.Tensor) -> float:
 
 
 def trained_like(model: torch.nn.Module, x: torch.Tensor, device: torch.device, classes: int = 10,
-                 seed: int = 0) -> Tuple[torch.Tensor, Dict[str, float]]:
+                 seed: int = 0, labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Make ``model`` a trained-like θ* for ``x``, in place, and return the labels: BatchNorm statistics measured
-    on the data, labels from a random linear teacher on the calibrated net's penultimate features (plus noise,
-    so the fit is not perfect), and the last linear layer fitted to them by L-BFGS."""
+    on the data, labels (``labels``, or from a random linear teacher on the calibrated net's penultimate
+    features plus noise, so the fit is not perfect), and the last linear layer fitted to them by L-BFGS."""
     g = torch.Generator().manual_seed(seed)
     model.to(device)
     with torch.no_grad():
@@ -124,7 +124,7 @@ def trained_like(model: torch.nn.Module, x: torch.Tensor, device: torch.device, 
     teacher = torch.randn(z.shape[1], classes, generator=g).to(device)
     logits = z @ teacher
     noise = torch.randn(logits.shape, generator=g).to(device) * logits.std() * 0.5
-    y = (logits + noise).argmax(1)
+    y = (logits + noise).argmax(1) if labels is None else labels.to(device)
     w = torch.zeros(classes, f.shape[1], device=device, requires_grad=True)
     b = torch.zeros(classes, device=device, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=200, history_size=20, line_search_fn="strong_wolfe")
