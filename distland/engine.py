@@ -43,6 +43,7 @@ CPU_CACHE_BYTES = 4 << 20   # activations of one layer for a whole batch: about 
 CPU_BATCH_MIN, CPU_BATCH_MAX = 32, 1024
 DEFAULT_ACTIVATION_BYTES = 64 << 10   # when unknown: ResNet-20's (16 channels at 32×32, float32)
 GPU_BATCH = 1024
+MAX_COMPILE_THREADS = 32   # inductor's own cap
 
 
 def pick_device(setting: str, local_rank: int) -> str:
@@ -113,8 +114,9 @@ def choose(cfg: EngineConfig, local_rank: int = 0, local_size: int = 1, batch_si
         n = cores if cores is not None else cores_available()
         # A launcher that pins each rank to its own cores shows us only those; otherwise split the node.
         threads = n if n < (os.cpu_count() or n) else max(1, n // max(1, local_size))
-        if on_gpu:
-            threads = min(threads, 4)
+    share = threads   # this rank's cores: its compile workers (a GPU rank runs fewer torch threads)
+    if on_gpu and cfg.threads <= 0:
+        threads = min(threads, 4)
     four_d = input_ndim == 4
     return Engine(
         device=device,
@@ -125,6 +127,7 @@ def choose(cfg: EngineConfig, local_rank: int = 0, local_size: int = 1, batch_si
         threads=threads,
         precision=cfg.precision,
         stream_data=cfg.stream_data,
+        compile_threads=min(MAX_COMPILE_THREADS, max(1, share)),
     )
 
 
@@ -139,20 +142,20 @@ def worth_compiling(first_point_s: float, points_left: int, device: str = "cpu")
     return first_point_s * points_left > COMPILE_WORTH_S[device_kind(device)]
 
 
-def compile_threads(engine_threads: int, environ: Optional[Dict[str, str]] = None) -> Optional[int]:
-    """Compile workers for this rank: the rank's threads (at least 1), unless the user set
-    TORCHINDUCTOR_COMPILE_THREADS (then None: theirs stands)."""
+def compile_threads(engine: Engine, environ: Optional[Dict[str, str]] = None) -> Optional[int]:
+    """Compile workers for this rank: its share of the node's cores (``engine.compile_threads``, else its
+    threads), unless the user set TORCHINDUCTOR_COMPILE_THREADS (then None: theirs stands)."""
     env = os.environ if environ is None else environ
     if env.get("TORCHINDUCTOR_COMPILE_THREADS"):
         return None
-    return max(1, engine_threads)
+    return max(1, engine.compile_threads or engine.threads)
 
 
 def apply_process_settings(engine: Engine) -> None:
     """Thread count, compile workers and matmul precision for this process."""
     if engine.threads > 0:
         torch.set_num_threads(engine.threads)
-    workers = compile_threads(engine.threads)
+    workers = compile_threads(engine)
     if workers is not None:
         # Inductor reads the variable when its config is imported; set both in case it already was.
         os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = str(workers)

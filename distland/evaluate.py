@@ -43,6 +43,7 @@ class Engine:
     precision: str = "fp32"
     stream_data: str = "auto"   # auto | on | off (resolved to on/off by the evaluator, see :mod:`distland.feed`)
     ranks_on_device: int = 1    # ranks sharing this rank's GPU (they split its memory)
+    compile_threads: int = 0    # torch.compile workers of this rank (0: its threads)
 
 
 def cross_entropy_eval(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int,

@@ -24,9 +24,12 @@ def test_the_compile_rule_depends_on_the_device_kind():
 
 
 def test_compile_workers_are_bounded_per_rank(monkeypatch):
-    assert engine.compile_threads(4, {}) == 4
-    assert engine.compile_threads(0, {}) == 1
-    assert engine.compile_threads(4, {"TORCHINDUCTOR_COMPILE_THREADS": "2"}) is None   # the user's stands
+    assert engine.compile_threads(Engine(threads=4), {}) == 4
+    assert engine.compile_threads(Engine(threads=0), {}) == 1
+    assert engine.compile_threads(Engine(threads=4, compile_threads=16), {}) == 16
+    assert engine.compile_threads(Engine(threads=4), {"TORCHINDUCTOR_COMPILE_THREADS": "2"}) is None   # theirs
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert engine.choose(EngineConfig(device="cpu"), local_size=8, cores=64).compile_threads == 8
     import torch._inductor.config as inductor
 
     monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
@@ -60,6 +63,14 @@ def test_each_rank_records_its_gpu_by_uuid(two_gpus):
     # local ranks go round the visible GPUs
     assert [engine.choose(EngineConfig(), local_rank=r, local_size=4).device for r in range(4)] == \
         ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+
+
+def test_a_gpu_rank_compiles_on_its_share_of_the_cores(two_gpus, monkeypatch):
+    # 8 ranks on a 64-core node: 8 compile workers each (not 8 x 32), while each runs 4 torch threads
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    eng = engine.choose(EngineConfig(), local_rank=5, local_size=8, cores=64)
+    assert eng.device == "cuda:1" and eng.threads == 4 and eng.compile_threads == 8
+    assert eng.batch_size == engine.GPU_BATCH
 
 
 def test_ranks_sharing_a_gpu_are_counted_per_host_and_uuid():
