@@ -107,16 +107,15 @@ def choose(cfg: EngineConfig, local_rank: int = 0, local_size: int = 1, batch_si
     device = pick_device(cfg.device, local_rank)
     on_gpu = device.startswith("cuda")
     if cfg.threads > 0:
-        threads = cfg.threads
+        threads = share = cfg.threads
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-        threads = int(os.environ["OMP_NUM_THREADS"])  # the user (or launcher) already chose
+        threads = share = int(os.environ["OMP_NUM_THREADS"])  # the user (or launcher) already chose
     else:
         n = cores if cores is not None else cores_available()
         # A launcher that pins each rank to its own cores shows us only those; otherwise split the node.
-        threads = n if n < (os.cpu_count() or n) else max(1, n // max(1, local_size))
-    share = threads   # this rank's cores: its compile workers (a GPU rank runs fewer torch threads)
-    if on_gpu and cfg.threads <= 0:
-        threads = min(threads, 4)
+        threads = share = n if n < (os.cpu_count() or n) else max(1, n // max(1, local_size))
+        if on_gpu:
+            threads = min(threads, 4)   # the share stays: it is the rank's compile workers
     four_d = input_ndim == 4
     return Engine(
         device=device,

@@ -32,15 +32,19 @@ def test_compile_workers_are_bounded_per_rank(monkeypatch):
     assert engine.choose(EngineConfig(device="cpu"), local_size=8, cores=64).compile_threads == 8
     import torch._inductor.config as inductor
 
-    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
-    monkeypatch.setattr(inductor, "compile_threads", 32)
-    engine.apply_process_settings(Engine(threads=torch.get_num_threads()))
-    assert inductor.compile_threads == torch.get_num_threads()
-    assert os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == str(torch.get_num_threads())
-    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "3")
-    monkeypatch.setattr(inductor, "compile_threads", 3)
-    engine.apply_process_settings(Engine(threads=torch.get_num_threads()))
-    assert inductor.compile_threads == 3 and os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == "3"
+    saved = inductor.compile_threads   # (pytest's monkeypatch cannot restore a ConfigModule entry)
+    try:
+        monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+        inductor.compile_threads = 32
+        engine.apply_process_settings(Engine(threads=torch.get_num_threads()))
+        assert inductor.compile_threads == torch.get_num_threads()
+        assert os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == str(torch.get_num_threads())
+        monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "3")
+        inductor.compile_threads = 3
+        engine.apply_process_settings(Engine(threads=torch.get_num_threads()))
+        assert inductor.compile_threads == 3 and os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == "3"
+    finally:
+        inductor.compile_threads = saved
 
 
 @pytest.fixture
