@@ -88,7 +88,8 @@ def flop_per_image(model: torch.nn.Module, sample: torch.Tensor) -> float:
         elif isinstance(mod, torch.nn.Linear):
             macs[0] += out.numel() * mod.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in layers]
     with torch.no_grad():
         model.eval()(sample[:1])
     for h in handles:
@@ -252,7 +253,8 @@ def run_variant(spec: Dict[str, Any], default: Any, model: torch.nn.Module, ref:
             t0 = time.perf_counter()
             checks.append(run([p] * per_pass)[0])
             sync(device)
-            row["first_point_s" if i == 0 else "second_point_s"] = (time.perf_counter() - t0) / (1 if i == 0 else per_pass)
+            row["first_point_s" if i == 0 else "second_point_s"] = \
+                (time.perf_counter() - t0) / (1 if i == 0 else per_pass)
         if spec.get("graphs"):
             row["compile_s"] = row["first_point_s"]
             row["cudagraph_counters"] = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
@@ -341,7 +343,8 @@ def summarize(info: Dict[str, Any], rows: List[Dict[str, Any]], cut: bool) -> Li
         if r["status"] != "ok":
             state += f" [{r['status']}, {r['timed_points']} timed]"
         lines.append(f"{r['label']:52s} {r['seconds_per_point']:8.3f} {r.get('first_point_s', 0):7.2f} "
-                     f"{r.get('setup_s', 0):6.1f} {r.get('compile_s', 0):7.1f} {r.get('rel_loss_error', float('nan')):8.1e} "
+                     f"{r.get('setup_s', 0):6.1f} {r.get('compile_s', 0):7.1f} "
+                     f"{r.get('rel_loss_error', float('nan')):8.1e} "
                      f"{r.get('acc_diff_samples', -1):5d} {'yes' if r.get('within_tolerance') else 'NO '} {state}")
     timed = [r for r in rows if "seconds_per_point" in r]
     default = next((r for r in timed if r["label"].startswith("DEFAULT")), None)
@@ -369,7 +372,8 @@ def summarize(info: Dict[str, Any], rows: List[Dict[str, Any]], cut: bool) -> Li
                  + (f" = {fp32_peak_s / 60:.1f} min at 100% of this card's fp32 peak ({pk['fp32'] / 1e12:.1f} TFLOP/s)"
                     if pk else " (peak of this device unknown)"))
     lines.append(f"{'precision':9s} {'best variant':52s} {'s/point':>8s} {'TFLOP/s':>8s} {'%fp32pk':>7s} "
-                 f"{'%ownpk':>6s} {'1 GPU':>8s} {f'{RANKS} GPUs':>8s} {'fixed/rank':>16s} {'rel.err':>8s} {'Δacc':>6s}")
+                 f"{'%ownpk':>6s} {'1 GPU':>8s} {f'{RANKS} GPUs':>8s} {'fixed/rank':>16s} {'rel.err':>8s} "
+                 f"{'Δacc':>6s}")
     for precision in ("fp32", "tf32", "bf16"):
         cands = [r for r in timed if r.get("tolerance", {}).get("precision") == precision and r.get("within_tolerance")]
         if not cands:
@@ -382,11 +386,13 @@ def summarize(info: Dict[str, Any], rows: List[Dict[str, Any]], cut: bool) -> Li
         frac = f"{100 * rate / pk['fp32']:6.1f}%" if pk else "   n/a"
         own = f"{100 * rate / pk[precision]:5.1f}%" if pk else "  n/a"
         lines.append(f"{precision:9s} {best['label']:52s} {best['seconds_per_point']:8.3f} {rate / 1e12:8.2f} {frac} "
-                     f"{own} {one / 60:5.1f}min {many / 60:5.1f}min {fixed:5.0f}s={fixed / best['seconds_per_point']:5.0f} pts "
+                     f"{own} {one / 60:5.1f}min {many / 60:5.1f}min "
+                     f"{fixed:5.0f}s={fixed / best['seconds_per_point']:5.0f} pts "
                      f"{best['rel_loss_error']:8.1e} "
                      f"{best['acc_diff_points']:6.3f}")
     lines.append(f"{RANKS} GPUs: each rank pays its fixed costs (fixed/rank, also in points' worth: start-up, data to "
-                 f"the device, set-up, first point, compile if it compiles) before its {math.ceil(PAPER_POINTS / RANKS)} "
+                 "the device, set-up, first point, compile if it compiles) before its "
+                 f"{math.ceil(PAPER_POINTS / RANKS)} "
                  "points, so 8 GPUs are not 8x one GPU; not "
                  "included: mpirun's launch, reading the real data set from disk, HDF5 writes (small)")
     return lines

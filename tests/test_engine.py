@@ -3,7 +3,6 @@ kind, compile workers per rank, GPUs identified by UUID, ranks sharing a GPU cou
 from __future__ import annotations
 
 import os
-import sys
 from types import SimpleNamespace
 
 import pytest
