@@ -8,12 +8,11 @@ variants, in the order a user needs them:
  2. the default: exactly what `distland surface` runs (``engine.choose`` with the default config, the process
     settings, ``SurfaceEvaluator``, data resident through ``feed``; cudnn.benchmark off, as in real runs);
  3. TF32 and 4. bf16 (opt-in, not exact: their measured error against a tolerance suited to each);
- 5. streamed data (must equal resident bit for bit), cudnn.benchmark on, NCHW + folded, batches 512 and 256
-    (each a few seconds);
+ 5. streamed data (must equal resident bit for bit), cudnn.benchmark on, NCHW + folded, batches 512 and 256,
+    4 and 16 points per pass (vmap): each a few seconds;
  6. the default with torch.compile (what ``compile: auto`` switches to when a rank has enough work) and the
-    break-even work that sets ``engine.COMPILE_WORTH_S["cuda"]``, bf16 + compile, CUDA graphs (cold compiles of
-    a minute or more each: last but the vmap rows, so that they cannot crowd out the cheap rows), and several
-    points per pass (vmap).
+    break-even work that sets ``engine.COMPILE_WORTH_S["cuda"]``, CUDA graphs, bf16 + compile: cold compiles of a
+    minute or more each, last so that they cannot crowd out the cheap rows.
 
 Every row records the state that took effect (compiled or fell back, BN folded or not, TF32 flags, stream).
 ``--budget`` seconds: no new timed point starts after it (a variant stops where it is); ``--hard`` seconds: the
@@ -195,11 +194,11 @@ def variants(on_gpu: bool, smoke: bool) -> List[Dict[str, Any]]:
         dict(label="NCHW + folded", eng=dict(channels_last=False)),
         dict(label="batch 512", eng=dict(batch_size=512)),
         dict(label="batch 256", eng=dict(batch_size=256)),
-        dict(label="default + compile (compile: auto on long sweeps)", eng=dict(compile="on"), skip=no_compile),
-        dict(label="bf16 + compile", eng=dict(precision="bf16", compile="on"), skip=no_compile),
-        dict(label="CUDA graphs (compile reduce-overhead)", eng={}, graphs=True, skip=cuda_only or no_compile),
         dict(label="4 points per pass (vmap)", eng={}, per_pass=4),
         dict(label="16 points per pass (vmap), batch 256", eng=dict(batch_size=256), per_pass=16),
+        dict(label="default + compile (compile: auto on long sweeps)", eng=dict(compile="on"), skip=no_compile),
+        dict(label="CUDA graphs (compile reduce-overhead)", eng={}, graphs=True, skip=cuda_only or no_compile),
+        dict(label="bf16 + compile", eng=dict(precision="bf16", compile="on"), skip=no_compile),
     ]
 
 
