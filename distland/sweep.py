@@ -229,12 +229,13 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
     engines.apply_process_settings(eng)
     reference = dirs.reference_weights(model, cfg.directions.type)
     directions = [dirs.from_numpy(d) for d in plan.spec.directions]
+    eng = dataclasses.replace(eng, ranks_on_device=engines.count_ranks_on_device(eng, comm))
     # Every rank starts the evaluator of each quantity that still has points to compute.
     todo = [q for q in quants.build(cfg.quantities, cfg) if plan.pending[q.name]]
     evaluators = [q.start(quants.Context(model, reference, directions, splits, eng, comm.size > 1 and comm.is_root,
                                          plan.pending[q.name] // comm.size)) for q in todo]
     resolved = next((e.engine for e in evaluators if e.engine is not None), eng)
-    device_line = f"rank {comm.rank} host {comm.host} device {resolved.device} threads {resolved.threads}"
+    device_line = engines.device_line(resolved, comm.rank, comm.host)
     devices = comm.allgather(device_line)
     engine_json = json.dumps(dataclasses.asdict(resolved), sort_keys=True)
     run_attrs = {"devices": devices, "engine": comm.bcast(engine_json), "io": io, "nranks": comm.size,

@@ -337,7 +337,7 @@ def test_auto_compile_is_decided_once_from_the_steady_point_time(tmp_path, digit
         timed.append(time.perf_counter() - t0)
         return out
 
-    def decide(point_s, points_left):
+    def decide(point_s, points_left, device="cpu"):
         calls.append((point_s, points_left))
         return True
 

@@ -54,7 +54,8 @@ class LossEvaluator(PointEvaluator):
         self.names = dataset_names(list(ctx.splits), criterion.correct is not None)
         # engine.compile: auto, never on the coordinator of a multi-rank job: while it compiled it could hand
         # out no work.
-        self.probe = engines.CompileProbe(ctx.engine.compile == "auto" and not ctx.coordinator, ctx.share)
+        self.probe = engines.CompileProbe(ctx.engine.compile == "auto" and not ctx.coordinator, ctx.share,
+                                          ctx.engine.device)
 
     def evaluate(self, points: Sequence[Tuple[float, ...]], poll: Poll = None) -> Dict[str, np.ndarray]:
         rows = []
