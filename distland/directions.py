@@ -126,6 +126,17 @@ def interpolation(reference: Mapping[str, torch.Tensor], target: Mapping[str, to
                        for k, ref in reference.items())
 
 
+def variance_keys(reference: Mapping[str, torch.Tensor]) -> List[str]:
+    """The BatchNorm running variances among ``reference``'s keys (``type: states`` only has them).
+
+    An interpolation moves them through their standard deviations: var(α) = ((1−α)σ₀ + ασ₁)², σ = √var. That is
+    exact at α = 0 and 1, stays ≥ 0 for every α (a linear var(α) turns negative beyond α = 1 as soon as σ₁ < σ₀,
+    and BatchNorm then divides by the root of a negative number: NaN everywhere), and inside [0, 1] differs from
+    the linear mix by α(1−α)(σ₁ − σ₀)² only.
+    """
+    return [k for k, v in reference.items() if k.endswith("running_var") and movable(v)]
+
+
 def load_file(path: Union[str, Path], reference: Mapping[str, torch.Tensor], ndim: int) -> List[Tensors]:
     """Directions from a file: ours (``directions/x/<key>``) or the paper authors' tool (``xdirection/0..k-1`` in
     parameter order). Shapes are checked against ``reference``."""

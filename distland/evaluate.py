@@ -98,7 +98,10 @@ class SurfaceEvaluator:
     """Evaluates the metrics of one grid point at a time on one device."""
 
     def __init__(self, model: nn.Module, reference: Tensors, directions: Sequence[Tensors],
-                 splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]], engine: Engine) -> None:
+                 splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]], engine: Engine,
+                 std_keys: Sequence[str] = ()) -> None:
+        """``std_keys``: variances moved through their standard deviations, var = (σ* + Σ c_k δσ_k)² with
+        σ* = √θ*, δσ_k = √max(θ* + d_k, 0) − σ* (see :func:`distland.directions.variance_keys`), in float64."""
         self.engine = engine
         self.device = torch.device(engine.device)
         exec_model = copy.deepcopy(model).eval()
@@ -117,6 +120,7 @@ class SurfaceEvaluator:
         self._live: List[torch.Tensor] = []
         self._base: List[torch.Tensor] = []
         self._dirs: List[List[torch.Tensor]] = []
+        self._std: List[bool] = []
         with torch.no_grad():
             for key, theta in base.items():
                 target = live[key]
@@ -124,7 +128,16 @@ class SurfaceEvaluator:
                 moving = [d[key] for d in dirs]
                 if not any(bool(m.any()) for m in moving):
                     continue
+                if key in std_keys:
+                    sigma = theta.to(self.device, torch.float64).clamp_min(0).sqrt()
+                    self._live.append(target.data)
+                    self._base.append(sigma)
+                    self._dirs.append([(theta.to(self.device, torch.float64) + m.to(self.device, torch.float64))
+                                       .clamp_min(0).sqrt() - sigma for m in moving])
+                    self._std.append(True)
+                    continue
                 fmt = torch.channels_last if (engine.channels_last and target.dim() == 4) else torch.contiguous_format
+                self._std.append(False)
                 self._live.append(target.data)
                 self._base.append(theta.to(self.device, target.dtype).contiguous(memory_format=fmt))
                 self._dirs.append([m.to(self.device, target.dtype).contiguous(memory_format=fmt) for m in moving])
@@ -211,7 +224,13 @@ class SurfaceEvaluator:
     def set_point(self, coeffs: Sequence[float]) -> None:
         """Write θ* + Σ coeffs[k]·d_k into the model's tensors, in place."""
         with torch.no_grad():
-            for live, base, dirs in zip(self._live, self._base, self._dirs):
+            for live, base, dirs, std in zip(self._live, self._base, self._dirs, self._std):
+                if std:   # a variance, moved through its standard deviation (float64: exact at both ends)
+                    sigma = torch.add(base, dirs[0], alpha=float(coeffs[0]))
+                    for c, d in zip(coeffs[1:], dirs[1:]):
+                        sigma.add_(d, alpha=float(c))
+                    live.copy_(sigma.square_())
+                    continue
                 torch.add(base, dirs[0], alpha=float(coeffs[0]), out=live)
                 for c, d in zip(coeffs[1:], dirs[1:]):
                     live.add_(d, alpha=float(c))

@@ -64,6 +64,7 @@ class Summary:
     io: str
     stats: List[schedule.RankStats]
     sharpness: str = ""
+    convergence: str = ""       # convergence at θ* (analysis.convergence), with a warning when not a minimizer
     compiled: int = 0           # ranks that switched to a torch.compile'd forward pass
     precision: str = ""         # the measured error of an opt-in reduced precision
 
@@ -83,6 +84,8 @@ class Summary:
         if self.nonfinite:
             lines.append(f"  warning: {self.nonfinite} point(s) have NaN/inf loss (the model diverged there); they "
                          "are stored as such and shown as gaps in plots")
+        if self.convergence:
+            lines.extend("  " + line for line in self.convergence.splitlines())
         if self.sharpness:
             lines.extend("  " + line for line in self.sharpness.splitlines())
         return "\n".join(lines)
@@ -173,6 +176,9 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
                        "file": sha256(cfg.directions.file) if cfg.directions.file else ""},
         "grid": {"x": list(map(float, cfg.grid.x)), "y": None if cfg.grid.y is None else list(map(float, cfg.grid.y))},
     }
+    if cfg.directions.kind == "interp" and dirs.variance_keys(reference):
+        # Files from before running variances were interpolated as standard deviations must not be resumed.
+        identity["directions"]["bn_variance"] = "std"
     if cfg.engine.precision != "fp32":
         # Reduced precision changes the numbers (bf16 by ~1e-3): one file must not mix it with exact points.
         identity["precision"] = cfg.engine.precision
@@ -252,7 +258,9 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
     engines.apply_process_settings(eng)
     reference = dirs.reference_weights(model, cfg.directions.type)
     directions = [dirs.from_numpy(d) for d in plan.spec.directions]
-    evaluator = SurfaceEvaluator(model, reference, directions, splits, eng)
+    # Interpolation moves BatchNorm running variances through their standard deviations (never below zero).
+    std_keys = dirs.variance_keys(reference) if cfg.directions.kind == "interp" else []
+    evaluator = SurfaceEvaluator(model, reference, directions, splits, eng, std_keys=std_keys)
     device_line = f"rank {comm.rank} host {comm.host} device {eng.device} threads {eng.threads}"
     devices = comm.allgather(device_line)
     engine_json = json.dumps(dataclasses.asdict(eng), sort_keys=True)
@@ -311,7 +319,7 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
         writer.close()  # collective under mpio
     if not comm.is_root:
         return None
-    resolved = {"compiled_ranks": compiled}
+    resolved = {"compiled_ranks": compiled, **_convergence_attrs(cfg, model, splits, eng)}
     if check:
         resolved["precision_check"] = json.dumps({"precision": eng.precision, **check}, sort_keys=True)
     set_attrs(cfg.output, resolved)
@@ -324,6 +332,17 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
                              f"and accuracy within {check['max_acc_diff']:.2g} points of float32 at θ* and the "
                              "grid's last point")
     return summary
+
+
+def _convergence_attrs(cfg: Config, model: torch.nn.Module, splits: Dict[str, Any], eng: Any) -> Dict[str, Any]:
+    """Rank 0, after the sweep: how converged θ* is (see :mod:`distland.analysis.convergence`), as attributes."""
+    from .analysis import convergence
+
+    try:
+        return convergence.to_attrs(convergence.at_centre(cfg, model, splits, eng.batch_size, eng.device))
+    except Exception as e:  # noqa: BLE001 - a diagnostic must never cost the finished surface
+        print(f"distland: warning: convergence at θ* not measured ({type(e).__name__}: {e})", file=sys.stderr)
+        return {}
 
 
 def _report(p: schedule.Progress) -> None:
@@ -370,5 +389,7 @@ def summarize(cfg: Config, grid: Grid, computed: int, seconds: float, ranks: int
         report = sharpness_report(data, metric)
         store_report(cfg.output, report, metric)
         sharpness = format_report(report, metric)
+    from .analysis import convergence
+
     return Summary(cfg.output, grid.shape, cfg.model, grid.size, computed, seconds, minimum, nonfinite, ranks, io,
-                   stats, sharpness)
+                   stats, sharpness, convergence.format_report(convergence.read(data.attrs)))

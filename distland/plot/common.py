@@ -101,6 +101,11 @@ def values(data: Any, metric: str, log: bool) -> np.ndarray:
     v = transform(data.metrics[metric], log)
     v[~np.asarray(data.done, dtype=bool)] = np.nan
     v[~np.isfinite(v)] = np.nan
+    loss = metric[:-len("_acc")] + "_loss" if metric.endswith("_acc") else ""
+    if loss in data.metrics:
+        # Where the loss is NaN/inf the model produced no numbers; its "accuracy" (argmax of NaN logits = class 0,
+        # about 10%) would draw a cliff that is not there.
+        v[~np.isfinite(np.asarray(data.metrics[loss], dtype=np.float64))] = np.nan
     return v
 
 
