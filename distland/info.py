@@ -57,7 +57,7 @@ def describe_surface(path: str) -> str:
         if d.get("kind") == "interp":   # norm, ignore and seed do not apply to an interpolation
             lines.append(f"  directions interpolation to {d.get('target')} (x = 0: the checkpoint, x = 1: the "
                          f"target), type {d.get('type')}"
-                         + (" (BatchNorm variances through their standard deviations)" if d.get("type") == "states"
+                         + (" (BatchNorm variances interpolated geometrically)" if d.get("type") == "states"
                             else ""))
         elif d.get("kind") == "file":
             lines.append(f"  directions from file {d.get('file')}, type {d.get('type')}")

@@ -177,8 +177,8 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
         "grid": {"x": list(map(float, cfg.grid.x)), "y": None if cfg.grid.y is None else list(map(float, cfg.grid.y))},
     }
     if cfg.directions.kind == "interp" and dirs.variance_keys(reference):
-        # Files from before running variances were interpolated as standard deviations must not be resumed.
-        identity["directions"]["bn_variance"] = "std"
+        # Files from before running variances were interpolated geometrically must not be resumed.
+        identity["directions"]["bn_variance"] = "geometric"
     if cfg.engine.precision != "fp32":
         # Reduced precision changes the numbers (bf16 by ~1e-3): one file must not mix it with exact points.
         identity["precision"] = cfg.engine.precision
@@ -258,9 +258,9 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
     engines.apply_process_settings(eng)
     reference = dirs.reference_weights(model, cfg.directions.type)
     directions = [dirs.from_numpy(d) for d in plan.spec.directions]
-    # Interpolation moves BatchNorm running variances through their standard deviations (never below zero).
-    std_keys = dirs.variance_keys(reference) if cfg.directions.kind == "interp" else []
-    evaluator = SurfaceEvaluator(model, reference, directions, splits, eng, std_keys=std_keys)
+    # Interpolation moves BatchNorm running variances geometrically (never to zero or below).
+    log_keys = dirs.variance_keys(reference) if cfg.directions.kind == "interp" else []
+    evaluator = SurfaceEvaluator(model, reference, directions, splits, eng, log_keys=log_keys)
     device_line = f"rank {comm.rank} host {comm.host} device {eng.device} threads {eng.threads}"
     devices = comm.allgather(device_line)
     engine_json = json.dumps(dataclasses.asdict(eng), sort_keys=True)

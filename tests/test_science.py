@@ -77,7 +77,7 @@ def test_interpolation_beyond_one_stays_finite_and_exact_at_both_ends(tmp_path, 
             if not v.is_floating_point():
                 state[k] = v
             elif k.endswith("running_var"):
-                state[k] = ((1 - alpha) * v.double().sqrt() + alpha * sb[k].double().sqrt()).square().float()
+                state[k] = (v.double() ** (1 - alpha) * sb[k].double() ** alpha).float()   # geometric
             else:
                 state[k] = ((1 - alpha) * v.double() + alpha * sb[k].double()).float()
         model.load_state_dict(state)
