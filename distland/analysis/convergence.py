@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:   # torch loads only to measure: plots and `distland info` read the attributes without it
+    import torch
+    from torch import nn
 
 PREFIX = "convergence."
 MIN_TRAIN_ACC = 99.0    # percent
@@ -46,6 +46,9 @@ Report = Dict[str, float]
 def measure(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 256,
             device: str = "cpu") -> Report:
     """The numbers of the module docstring for ``model`` (left untouched: a copy runs on ``device``)."""
+    import torch
+    import torch.nn.functional as F
+
     n = int(targets.shape[0])
     if n == 0:
         raise ValueError("the training split is empty; convergence at θ* cannot be measured")
@@ -75,6 +78,8 @@ def measure(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch
 
 def _descent(net: nn.Module, params: Any, grads: Any, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int,
              device: str, loss0: float) -> Report:
+    import torch
+
     from ..directions import _scale   # the plots' own filter normalization
     from ..evaluate import cross_entropy_eval
 

@@ -249,9 +249,34 @@ def model_name(data: Any) -> str:
 
 
 def title(data: Any, metric: Optional[str], log: bool) -> str:
-    """Two-line figure title: model and metric, then the provenance line."""
+    """Figure title: model and metric, the provenance line, and a warning line when θ* is not a minimizer."""
     head = model_name(data) + (f" — {metric_label(metric, log)}" if metric else "")
-    return f"{head}\n{describe(data)}"
+    warn = minimizer_warning(data)
+    return f"{head}\n{describe(data)}" + (f"\n{warn}" if warn else "")
+
+
+def minimizer_warning(data: Any) -> str:
+    """"WARNING: centre is not a minimizer (...)" from the file's convergence attributes, or ""."""
+    from distland.analysis import convergence   # numpy only
+
+    report = convergence.read(getattr(data, "attrs", {}) or {})
+    if not report or convergence.is_minimizer(report)[0]:
+        return ""
+    return f"WARNING: centre is not a minimizer (train acc {report.get('train_acc', math.nan):.1f}%)"
+
+
+def interp_ends(data: Any) -> Optional[Tuple[str, str]]:
+    """(name at x = 0, name at x = 1) of an interpolation surface: the checkpoint and the target, else None."""
+    cfg: Dict[str, Any] = data.config if isinstance(data.config, dict) else {}
+    dirs = cfg.get("directions") if isinstance(cfg.get("directions"), dict) else {}
+    if dirs.get("kind") != "interp":
+        return None
+
+    def name(path: Any) -> str:
+        p = Path(str(path or ""))
+        return p.parent.name if p.name in ("final.pt", "last.pt") and p.parent.name else (p.name or "?")
+
+    return name(cfg.get("checkpoint")), name(dirs.get("target"))
 
 
 def stem(path: str) -> str:

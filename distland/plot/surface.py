@@ -13,8 +13,9 @@ import numpy as np
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
 
-from .common import (KINDS_2D, METRICS, PlotError, PlotOptions, choose_levels, describe, metric_label, model_name,
-                     pick_metric, plane, stem, title, transform_scalar, value_range, values)
+from .common import (KINDS_2D, METRICS, PlotError, PlotOptions, choose_levels, describe, interp_ends, metric_label,
+                     minimizer_warning, model_name, pick_metric, plane, stem, title, transform_scalar, value_range,
+                     values)
 from .trajectory import Trajectory, overlay_trajectory
 
 CMAP = "viridis"
@@ -152,6 +153,14 @@ def _draw_1d(ax: Any, data: Any, opts: PlotOptions) -> Optional[Any]:
         if not losses:
             _limit_1d(acc_ax, data, accs, opts)
     ax.set_xlabel("x")
+    ends = interp_ends(data)
+    if ends is not None:
+        # Which model sits where: the curve alone does not say which end is which.
+        for at, name in zip((0.0, 1.0), ends):
+            ax.axvline(at, color="grey", linestyle=":", linewidth=0.8)
+            ax.annotate(f"{'θ' if at == 0 else 'θ′'}: {name}", (at, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(2, -10), textcoords="offset points", fontsize=7, color="dimgrey")
+        ax.set_xlabel("α  (θ(α) = (1−α)·θ + α·θ′)")
     ax.legend(handles=handles, loc="best", fontsize=8)
     return acc_ax if acc_ax is not ax else None
 
@@ -204,7 +213,8 @@ def plot_compare(datas: Sequence[Any], kind: str, opts: PlotOptions) -> Figure:
                 first_acc = first_acc or acc
                 if acc is not first_acc:
                     acc.sharey(first_acc)
-            ax.set_title(f"{stem(d.path)}: {model_name(d)}", fontsize=9)
+            warn = minimizer_warning(d)
+            ax.set_title(f"{stem(d.path)}: {model_name(d)}" + (f"\n{warn}" if warn else ""), fontsize=9)
         fig.suptitle("comparison on shared axes", fontsize=10)
         return fig
     metric = opts.metric or pick_metric(datas[0], None)
@@ -216,7 +226,9 @@ def plot_compare(datas: Sequence[Any], kind: str, opts: PlotOptions) -> Figure:
     for k, d in enumerate(datas):
         ax = _axes(fig, kind, rows, cols, k + 1)
         mappables.append(draw_2d(ax, d, kind, metric, opts, levels))
-        ax.set_title("\n".join([f"{stem(d.path)}: {model_name(d)}", *textwrap.wrap(describe(d), 55)]), fontsize=8)
+        warn = minimizer_warning(d)
+        ax.set_title("\n".join([f"{stem(d.path)}: {model_name(d)}", *textwrap.wrap(describe(d), 55)]
+                                + ([warn] if warn else [])), fontsize=8)
         axes.append(ax)
     _colorbar(fig, mappables[0], axes, metric, opts, levels)
     fig.suptitle(f"{metric_label(metric, opts.log)} — shared colour scale", fontsize=10)
