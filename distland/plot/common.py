@@ -202,6 +202,26 @@ def choose_levels(arrays: Sequence[np.ndarray], opts: PlotOptions, where: str = 
     return contour_levels(lo, hi, n)
 
 
+def level_note(arrays: Sequence[np.ndarray], levels: np.ndarray, opts: PlotOptions, kind: str) -> str:
+    """What a reader must know about the levels: how they are spaced and what lies beyond them (values in
+    plotting space; the text in data units)."""
+    unit = (lambda v: f"{10.0 ** v:.3g}") if opts.log else (lambda v: f"{v:.3g}")
+    steps = np.diff(levels)
+    parts = [f"{len(levels)} levels from {unit(levels[0])} to {unit(levels[-1])}, "
+             + (f"every {unit(steps[0]) if not opts.log else f'{steps[0]:.3g} decades'}"
+                if np.allclose(steps, steps[0], rtol=1e-6) else "at quantiles of the values (uneven spacing)")]
+    finite = _finite(arrays)
+    top, bottom = float(finite.max()), float(finite.min())
+    if top > levels[-1] + 1e-12 * max(1.0, abs(levels[-1])):
+        what = {"surface3d": "heights clipped at", "contour": "no contours above",
+                "heatmap": "top colour above", "contourf": "top colour above"}.get(kind, "clipped at")
+        why = " (95th percentile: the rest are outliers)" if opts.vmax is None and opts.zmax is None else ""
+        parts.append(f"{what} {unit(levels[-1])}{why}; the data reach {unit(top)}")
+    if bottom < levels[0] - 1e-12 * max(1.0, abs(levels[0])):
+        parts.append(f"below {unit(levels[0])} down to {unit(bottom)} not resolved")
+    return "; ".join(parts)
+
+
 def metric_label(metric: str, log: bool) -> str:
     unit = " (%)" if metric.endswith("_acc") else ""
     return f"{metric}{unit}" + (", log scale" if log else "")

@@ -13,7 +13,8 @@ import numpy as np
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
 
-from .common import (KINDS_2D, METRICS, PlotError, PlotOptions, choose_levels, describe, interp_ends, metric_label,
+from .common import (KINDS_2D, METRICS, PlotError, PlotOptions, choose_levels, describe, interp_ends, level_note,
+                     metric_label,
                      minimizer_warning, model_name, pick_metric, plane, stem, title, transform_scalar, value_range,
                      values)
 from .trajectory import Trajectory, overlay_trajectory
@@ -125,10 +126,18 @@ def plot_2d(data: Any, kind: str, opts: PlotOptions, trajectory: Optional[Trajec
         overlay_trajectory(ax, trajectory)
     _colorbar(fig, m, ax, metric, opts, levels)
     fig.suptitle(title(data, metric, opts.log), fontsize=10)
+    fig.supxlabel(_note([values(data, metric, opts.log)], levels, opts, kind), fontsize=7)
     return fig
 
 
-def _draw_1d(ax: Any, data: Any, opts: PlotOptions) -> Optional[Any]:
+def _note(arrays: Sequence[np.ndarray], levels: np.ndarray, opts: PlotOptions, kind: str) -> str:
+    if kind == "surface3d" and opts.zmax is not None:
+        top = transform_scalar(opts.zmax, opts.log, "zmax")
+        levels = np.append(levels[levels < top], top)
+    return "\n".join(textwrap.wrap(level_note(arrays, levels, opts, kind), 110))
+
+
+def _draw_1d(ax: Any, data: Any, opts: PlotOptions, group: Sequence[Any] = ()) -> Optional[Any]:
     """Loss on ``ax`` and accuracy on a twin axis, train solid and test dashed; gaps where not done or diverged."""
     x = np.asarray(data.x, dtype=np.float64)
     wanted = [opts.metric] if opts.metric else [m for m in METRICS if m in data.metrics]
@@ -147,11 +156,11 @@ def _draw_1d(ax: Any, data: Any, opts: PlotOptions) -> Optional[Any]:
         ax.set_ylabel("loss" + (" (log scale)" if opts.log else ""))
         if opts.log:
             ax.set_yscale("log")
-        _limit_1d(ax, data, losses, opts)
+        _limit_1d(ax, group or [data], losses, opts)
     if accs:
         acc_ax.set_ylabel("accuracy (%)")
         if not losses:
-            _limit_1d(acc_ax, data, accs, opts)
+            _limit_1d(acc_ax, group or [data], accs, opts)
     ax.set_xlabel("x")
     ends = interp_ends(data)
     if ends is not None:
@@ -165,10 +174,12 @@ def _draw_1d(ax: Any, data: Any, opts: PlotOptions) -> Optional[Any]:
     return acc_ax if acc_ax is not ax else None
 
 
-def _limit_1d(ax: Any, data: Any, names: Sequence[str], opts: PlotOptions) -> None:
-    """Apply --vmin/--vmax, or cut off outliers (a diverged end would otherwise flatten the curve)."""
-    lo, hi = value_range([values(data, n, opts.log) for n in names], opts, data.path)
-    top = max(float(np.nanmax(values(data, n, opts.log))) for n in names)
+def _limit_1d(ax: Any, datas: Sequence[Any], names: Sequence[str], opts: PlotOptions) -> None:
+    """Apply --vmin/--vmax, or cut off outliers (a diverged end would otherwise flatten the curve). The range comes
+    from every file of a comparison (``datas``), so panels sharing the axis agree on it."""
+    arrays = [values(d, n, opts.log) for d in datas for n in names if n in d.metrics]
+    lo, hi = value_range(arrays, opts, ", ".join(d.path for d in datas))
+    top = max(float(np.nanmax(a)) if np.isfinite(a).any() else -math.inf for a in arrays)
     if opts.vmin is None and opts.vmax is None and hi >= top:
         return                              # no outliers and no user bounds: matplotlib's own margins are best
     pad = 0.03 * (hi - lo)
@@ -208,7 +219,7 @@ def plot_compare(datas: Sequence[Any], kind: str, opts: PlotOptions) -> Figure:
         for k, d in enumerate(datas):
             ax = fig.add_subplot(rows, cols, k + 1, sharey=first)
             first = first or ax
-            acc = _draw_1d(ax, d, opts)
+            acc = _draw_1d(ax, d, opts, datas)
             if acc is not None:             # accuracy axes shared too, or equal curves would look different
                 first_acc = first_acc or acc
                 if acc is not first_acc:
@@ -232,6 +243,7 @@ def plot_compare(datas: Sequence[Any], kind: str, opts: PlotOptions) -> Figure:
         axes.append(ax)
     _colorbar(fig, mappables[0], axes, metric, opts, levels)
     fig.suptitle(f"{metric_label(metric, opts.log)} — shared colour scale", fontsize=10)
+    fig.supxlabel(_note([values(d, metric, opts.log) for d in datas], levels, opts, kind), fontsize=7)
     return fig
 
 
