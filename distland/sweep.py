@@ -26,7 +26,7 @@ from . import __version__
 from . import directions as dirs
 from . import engine as engines
 from . import schedule
-from .checkpoint import apply_state_dict, load_state_dict, sha256
+from .checkpoint import CheckpointError, apply_state_dict, load_state_dict, sha256
 from .comm import Comm, get_comm
 from .config import Config, to_yaml
 from .data import load_split
@@ -151,6 +151,10 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
     target = None
     target_digest = ""
     if cfg.directions.kind == "interp":
+        if not Path(cfg.directions.target).is_file():
+            raise CheckpointError(f"directions.target {cfg.directions.target!r} not found: train that model first "
+                               "(`distland train` with the config whose out_dir holds it; `distland reproduce DIR` "
+                               "trains every missing checkpoint of a config set)")
         target = load_state_dict(cfg.directions.target)
         check = build_model(cfg.model, **cfg.model_args)
         apply_state_dict(check, target, f"directions.target {cfg.directions.target!r}")
@@ -162,8 +166,12 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
             try:
                 out = model(x[:256])
             except Exception as e:  # noqa: BLE001 - any failure here means model and data don't fit
+                conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+                hint = (f"; the data has {x.shape[1]} channel(s) and the model expects {conv.in_channels}: set "
+                        f"--set model_args.in_channels={x.shape[1]}" if conv is not None and x.dim() == 4
+                        and conv.in_channels != x.shape[1] else "")
                 raise ValueError(f"model {cfg.model!r} cannot run on data {cfg.data.name!r} ({name} inputs of shape "
-                                 f"{tuple(x.shape[1:])}): {e}") from None
+                                 f"{tuple(x.shape[1:])}): {e}{hint}") from None
             if not bool(torch.isfinite(out).all()):
                 raise ValueError(f"the model's output at θ* is NaN/inf on the {name} data: the surface would be all "
                                  "NaN. Check the checkpoint (a diverged run?) and the data (NaN/inf inputs?)")

@@ -192,3 +192,56 @@ def test_small_batch_configs_train_to_convergence_on_both_batches():
     from distland.config import load_config
 
     assert load_config(ROOT / "configs/small/democnn_sb_wd0_1d.yaml").data.split == "both"
+
+
+# --------------------------------------------------------------------------------------------- pictures, frictions
+def test_trajectory_on_other_directions_is_refused_and_on_its_own_accepted(tmp_path):
+    import h5py
+
+    from distland.plot.cli import plot_files
+    from distland.plot.common import PlotError, PlotOptions
+    from distland.sweep import run_surface
+
+    out = tmp_path / "s.h5"
+    run_surface(small_config(out))
+    traj = tmp_path / "traj.h5"
+    with h5py.File(out, "r") as fs, h5py.File(traj, "w") as ft:
+        for axis in ("x", "y"):
+            for k, v in fs[f"directions/{axis}"].items():
+                ft[f"directions/{axis}/{k}"] = np.asarray(v) * (1.0 if axis == "x" else 2.0)   # y differs
+        ft["trajectory/coords"] = np.zeros((3, 2))
+        ft["trajectory/labels"] = np.arange(3)
+    with pytest.raises(PlotError, match="other directions"):
+        plot_files([str(out)], PlotOptions(), kinds=["contour"], trajectory=str(traj), out=str(tmp_path))
+    with h5py.File(out, "r") as fs, h5py.File(traj, "a") as ft:
+        for k, v in fs["directions/y"].items():
+            ft[f"directions/y/{k}"][...] = np.asarray(v)
+    assert plot_files([str(out)], PlotOptions(), kinds=["contour"], trajectory=str(traj), out=str(tmp_path))
+
+
+def test_a_figure_states_its_levels_and_clip(tmp_path):
+    from types import SimpleNamespace
+
+    from distland.plot.common import PlotOptions, choose_levels, level_note
+
+    v = np.r_[np.linspace(0, 1, 99), 500.0]         # one diverged point far above the rest
+    levels = choose_levels([v], PlotOptions(), "t")
+    note = level_note([v], levels, PlotOptions(), "surface3d")
+    assert "heights clipped at" in note and "95th percentile" in note and "500" in note
+    even = level_note([np.linspace(0, 1, 50)], np.linspace(0, 1, 11), PlotOptions(), "contour")
+    assert "every 0.1" in even and "clipped" not in even
+
+
+def test_model_data_channel_mismatch_names_in_channels(tmp_path):
+    from distland.sweep import run_surface
+
+    with pytest.raises(ValueError, match=r"model_args.in_channels=1"):
+        run_surface(small_config(tmp_path / "r.h5", "model=resnet20", "data.max_samples=8"))
+
+
+def test_trajectory_hint_grid_holds_the_origin():
+    from distland.analysis.trajectory import _grid_through_origin
+
+    lo, hi, n = _grid_through_origin(-0.37, 2.91)
+    axis = np.linspace(lo, hi, n)
+    assert lo <= -0.37 and hi >= 2.91 and np.min(np.abs(axis)) < 1e-9
