@@ -245,3 +245,23 @@ def test_trajectory_hint_grid_holds_the_origin():
     lo, hi, n = _grid_through_origin(-0.37, 2.91)
     axis = np.linspace(lo, hi, n)
     assert lo <= -0.37 and hi >= 2.91 and np.min(np.abs(axis)) < 1e-9
+
+
+@pytest.mark.mpi
+def test_reproduce_under_mpirun_two_ranks(tmp_path):
+    import subprocess
+    import sys
+
+    import h5py
+    from test_mpi import _env, _need
+
+    cfgs = _tiny_set(tmp_path)
+    env = _env()
+    env["PYTHONPATH"] = str(ROOT) + ":" + env["PYTHONPATH"]
+    res = subprocess.run([_need("mpirun"), "-np", "2", sys.executable, "-m", "distland", "reproduce", str(cfgs),
+                          "--no-plot"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("small is flatter") == 1          # rank 0 reports, once
+    for name in ("small", "large"):
+        with h5py.File(tmp_path / "surfaces" / f"{name}.h5", "r") as f:
+            assert f["done"][()].all() and f.attrs["nranks"] == 2
