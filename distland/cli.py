@@ -18,6 +18,7 @@ PLUGGED: Dict[str, Tuple[str, str]] = {
     "plot": ("distland.plot.cli", "plot surface files (contours, 3-D, 1-D, comparisons, ParaView, HTML)"),
     "trajectory": ("distland.analysis.trajectory", "PCA directions of an optimization trajectory"),
     "launch": ("distland.launch", "render (and submit) SLURM job scripts"),
+    "reproduce": ("distland.reproduce", "run a config set (train, surfaces, plots) and check its claims"),
 }
 EXIT_USAGE = 2
 
@@ -43,8 +44,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="versions and devices; with a file, its grid, completion and provenance")
-    p.add_argument("surface", nargs="?", help="a surface file")
+    p = sub.add_parser("info", help="versions and devices; with files, their grid, completion and provenance",
+                       description="Versions and devices; with a surface file, its grid, completion, provenance, "
+                                   "convergence at θ* and sharpness numbers; with several, also a side-by-side "
+                                   "table of their numbers.")
+    p.add_argument("surface", nargs="*", help="surface file(s); two or more are also compared side by side")
     p.set_defaults(func=cmd_info)
 
 
@@ -134,9 +138,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .info import describe_environment, describe_surface
 
-    print(describe_environment())
-    if args.surface:
-        print(describe_surface(args.surface))
+    print(describe_environment())   # once, however many files
+    paths = [args.surface] if isinstance(args.surface, str) else list(args.surface or [])
+    for path in paths:
+        print(describe_surface(path))
+    if len(paths) > 1:
+        from .info import compare_surfaces
+
+        print(compare_surfaces(paths))
     return 0
 
 

@@ -127,6 +127,18 @@ def interpolation(reference: Mapping[str, torch.Tensor], target: Mapping[str, to
                        for k, ref in reference.items())
 
 
+def variance_keys(reference: Mapping[str, torch.Tensor]) -> List[str]:
+    """The BatchNorm running variances among ``reference``'s keys (``type: states`` only has them).
+
+    An interpolation moves them geometrically, var(α) = var₀^(1−α) · var₁^α (linear in log var, as suits a scale).
+    That is exact at α = 0 and 1 and > 0 for every α. The linear mix (1−α)var₀ + αvar₁ turns negative beyond α = 1
+    as soon as var₁ < var₀ (BatchNorm then takes the root of a negative number: NaN at every point), and a linear
+    mix of standard deviations reaches 0 there (BatchNorm divides by √ε: the loss explodes). Inside (0, 1) the
+    geometric mix lies below the linear one (at α = ½ it is √(var₀var₁) instead of (var₀ + var₁)/2).
+    """
+    return [k for k, v in reference.items() if k.endswith("running_var") and movable(v)]
+
+
 def load_file(path: Union[str, Path], reference: Mapping[str, torch.Tensor], ndim: int) -> List[Tensors]:
     """Directions from a file: ours (``directions/x/<key>``) or the paper authors' tool (``xdirection/0..k-1`` in
     parameter order). Shapes are checked against ``reference``."""

@@ -77,7 +77,9 @@ class SurfaceEvaluator:
 
     def __init__(self, model: nn.Module, reference: Tensors, directions: Sequence[Tensors],
                  splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]], engine: Engine,
-                 criterion: Optional[Criterion] = None) -> None:
+                 criterion: Optional[Criterion] = None, log_keys: Sequence[str] = ()) -> None:
+        """``log_keys``: variances moved geometrically, var = exp(ln θ* + Σ c_k δ_k) with δ_k = ln(θ* + d_k) − ln θ*
+        (see :func:`distland.directions.variance_keys`), in float64 so both ends are exact in float32."""
         self.criterion = criterion or CROSS_ENTROPY
         self.device = torch.device(engine.device)
         exec_model = copy.deepcopy(model).eval()
@@ -97,6 +99,7 @@ class SurfaceEvaluator:
         self._live: List[torch.Tensor] = []
         self._base: List[torch.Tensor] = []
         self._dirs: List[List[torch.Tensor]] = []
+        self._log: List[bool] = []
         with torch.no_grad():
             for key, theta in base.items():
                 target = live[key]
@@ -104,7 +107,17 @@ class SurfaceEvaluator:
                 moving = [d[key] for d in dirs]
                 if not any(bool(m.any()) for m in moving):
                     continue
+                if key in log_keys:
+                    tiny = torch.finfo(torch.float32).tiny   # a dead channel's 0 variance stays ~0, not -inf
+                    log0 = theta.to(self.device, torch.float64).clamp_min(tiny).log()
+                    self._live.append(target.data)
+                    self._base.append(log0)
+                    self._dirs.append([(theta.to(self.device, torch.float64) + m.to(self.device, torch.float64))
+                                       .clamp_min(tiny).log() - log0 for m in moving])
+                    self._log.append(True)
+                    continue
                 fmt = torch.channels_last if (engine.channels_last and target.dim() == 4) else torch.contiguous_format
+                self._log.append(False)
                 self._live.append(target.data)
                 self._base.append(theta.to(self.device, target.dtype).contiguous(memory_format=fmt))
                 self._dirs.append([m.to(self.device, target.dtype).contiguous(memory_format=fmt) for m in moving])
@@ -147,7 +160,13 @@ class SurfaceEvaluator:
     def set_point(self, coeffs: Sequence[float]) -> None:
         """Write θ* + Σ coeffs[k]·d_k into the model's tensors, in place."""
         with torch.no_grad():
-            for live, base, dirs in zip(self._live, self._base, self._dirs):
+            for live, base, dirs, geometric in zip(self._live, self._base, self._dirs, self._log):
+                if geometric:   # a variance, moved in log space (float64: exact at both ends)
+                    logvar = torch.add(base, dirs[0], alpha=float(coeffs[0]))
+                    for c, d in zip(coeffs[1:], dirs[1:]):
+                        logvar.add_(d, alpha=float(c))
+                    live.copy_(logvar.exp_())
+                    continue
                 torch.add(base, dirs[0], alpha=float(coeffs[0]), out=live)
                 for c, d in zip(coeffs[1:], dirs[1:]):
                     live.add_(d, alpha=float(c))

@@ -43,8 +43,16 @@ def describe_surface(path: str) -> str:
     if cfg:
         lines.append(f"  model {cfg.get('model')}  checkpoint {cfg.get('checkpoint') or '(initialisation)'}  "
                      f"data {cfg.get('data', {}).get('name')}/{cfg.get('data', {}).get('split')}")
-        lines.append(f"  directions kind {d.get('kind')} norm {d.get('norm')} ignore {d.get('ignore')} "
-                     f"type {d.get('type')} seed {d.get('seed')}")
+        if d.get("kind") == "interp":   # norm, ignore and seed do not apply to an interpolation
+            lines.append(f"  directions interpolation to {d.get('target')} (x = 0: the checkpoint, x = 1: the "
+                         f"target), type {d.get('type')}"
+                         + (" (BatchNorm variances interpolated geometrically)" if d.get("type") == "states"
+                            else ""))
+        elif d.get("kind") == "file":
+            lines.append(f"  directions from file {d.get('file')}, type {d.get('type')}")
+        else:
+            lines.append(f"  directions kind {d.get('kind')} norm {d.get('norm')} ignore {d.get('ignore')} "
+                         f"type {d.get('type')} seed {d.get('seed')}")
     for key in ("distland_version", "created", "last_run", "checkpoint_sha256", "io", "nranks", "compiled_ranks",
                 "precision_check"):
         if key in data.attrs:
@@ -68,4 +76,20 @@ def describe_surface(path: str) -> str:
         report = sharpness_report(data, metric) if metric else {}  # computed now, not stored (file is read-only)
     if report:
         lines.extend("  " + line for line in format_report(report, metric).splitlines())
+    from .analysis import convergence
+
+    lines.extend("  " + line for line in convergence.format_report(convergence.read(data.attrs)).splitlines())
     return "\n".join(lines)
+
+
+def compare_surfaces(paths: List[str], metric: str = "train_loss") -> str:
+    """The side-by-side table of :mod:`distland.analysis.compare` for several files, with its caveats."""
+    from .analysis import compare
+    from .surface import read
+
+    datas = [(p, read(p)) for p in paths]
+    columns = [(p.rsplit("/", 1)[-1].rsplit(".", 1)[0], d) for p, d in datas]
+    text = compare.table([(name, compare.numbers(d, metric)) for name, d in columns])
+    notes = compare.grid_note(columns)
+    return f"{metric}, side by side (r, τ as stored; see docs/sharpness.md):\n{text}" + \
+        "".join(f"\nnote: {n}" for n in notes)

@@ -28,7 +28,7 @@ from . import directions as dirs
 from . import engine as engines
 from . import quantities as quants
 from . import schedule
-from .checkpoint import apply_state_dict, load_state_dict, sha256
+from .checkpoint import CheckpointError, apply_state_dict, load_state_dict, sha256
 from .comm import Comm, get_comm
 from .config import Config, to_yaml
 from .data import load_splits
@@ -66,6 +66,7 @@ class Summary:
     io: str
     stats: List[schedule.RankStats]
     sharpness: str = ""
+    convergence: str = ""       # convergence at θ* (analysis.convergence), with a warning when not a minimizer
     compiled: int = 0           # ranks that switched to a torch.compile'd forward pass
     precision: str = ""         # the measured error of an opt-in reduced precision
 
@@ -85,6 +86,8 @@ class Summary:
         if self.nonfinite:
             lines.append(f"  warning: {self.nonfinite} point(s) have NaN/inf loss (the model diverged there); they "
                          "are stored as such and shown as gaps in plots")
+        if self.convergence:
+            lines.extend("  " + line for line in self.convergence.splitlines())
         if self.sharpness:
             lines.extend("  " + line for line in self.sharpness.splitlines())
         return "\n".join(lines)
@@ -129,6 +132,10 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
     target = None
     target_digest = ""
     if cfg.directions.kind == "interp":
+        if not Path(cfg.directions.target).is_file():
+            raise CheckpointError(f"directions.target {cfg.directions.target!r} not found: train that model first "
+                               "(`distland train` with the config whose out_dir holds it; `distland reproduce DIR` "
+                               "trains every missing checkpoint of a config set)")
         target = load_state_dict(cfg.directions.target)
         check = build_model(cfg.model, **cfg.model_args)
         apply_state_dict(check, target, f"directions.target {cfg.directions.target!r}")
@@ -140,8 +147,12 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
             try:
                 out = model(x[:256])
             except Exception as e:  # noqa: BLE001 - any failure here means model and data don't fit
+                conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+                hint = (f"; the data has {x.shape[1]} channel(s) and the model expects {conv.in_channels}: set "
+                        f"--set model_args.in_channels={x.shape[1]}" if conv is not None and x.dim() == 4
+                        and conv.in_channels != x.shape[1] else "")
                 raise ValueError(f"model {cfg.model!r} cannot run on data {cfg.data.name!r} ({name} inputs of shape "
-                                 f"{tuple(x.shape[1:])}): {e}") from None
+                                 f"{tuple(x.shape[1:])}): {e}{hint}") from None
             if not bool(torch.isfinite(out).all()):
                 raise ValueError(f"the model's output at θ* is NaN/inf on the {name} data: the surface would be all "
                                  "NaN. Check the checkpoint (a diverged run?) and the data (NaN/inf inputs?)")
@@ -154,6 +165,9 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
                        "file": sha256(cfg.directions.file) if cfg.directions.file else ""},
         "grid": {"x": list(map(float, cfg.grid.x)), "y": None if cfg.grid.y is None else list(map(float, cfg.grid.y))},
     }
+    if cfg.directions.kind == "interp" and dirs.variance_keys(reference):
+        # Files from before running variances were interpolated geometrically must not be resumed.
+        identity["directions"]["bn_variance"] = "geometric"
     if cfg.engine.precision != "fp32":
         # Reduced precision changes the numbers (bf16 by ~1e-3): one file must not mix it with exact points.
         identity["precision"] = cfg.engine.precision
@@ -230,10 +244,12 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
     reference = dirs.reference_weights(model, cfg.directions.type)
     directions = [dirs.from_numpy(d) for d in plan.spec.directions]
     eng = dataclasses.replace(eng, ranks_on_device=engines.count_ranks_on_device(eng, comm))
+    # Interpolation moves BatchNorm running variances geometrically (never to zero or below).
+    log_keys = dirs.variance_keys(reference) if cfg.directions.kind == "interp" else []
     # Every rank starts the evaluator of each quantity that still has points to compute.
     todo = [q for q in quants.build(cfg.quantities, cfg) if plan.pending[q.name]]
     evaluators = [q.start(quants.Context(model, reference, directions, splits, eng, comm.size > 1 and comm.is_root,
-                                         plan.pending[q.name] // comm.size)) for q in todo]
+                                         plan.pending[q.name] // comm.size, log_keys)) for q in todo]
     resolved = next((e.engine for e in evaluators if e.engine is not None), eng)
     device_line = engines.device_line(resolved, comm.rank, comm.host)
     devices = comm.allgather(device_line)
@@ -272,7 +288,7 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
                 lines.extend(text)
     if not comm.is_root:
         return None
-    set_attrs(cfg.output, {**facts, **notes})
+    set_attrs(cfg.output, {**facts, **notes, **_convergence_attrs(cfg, model, splits, resolved)})
     if cfg.sweep.progress and sys.stderr.isatty():
         sys.stderr.write("\n")
     summary = summarize(cfg, grid, computed, time.monotonic() - t_start, comm.size, io, stats)
@@ -294,6 +310,17 @@ def _run_quantity(cfg: Config, comm: Comm, grid: Grid, name: str, ev: quants.Poi
                          writer.writer(name) if writer is not None else None, root_writes=(io == "root"),
                          progress=progress, fixed_chunk=cfg.sweep.chunk)
     return comm.allgather(stats[0])
+
+
+def _convergence_attrs(cfg: Config, model: torch.nn.Module, splits: Dict[str, Any], eng: Any) -> Dict[str, Any]:
+    """Rank 0, after the sweep: how converged θ* is (see :mod:`distland.analysis.convergence`), as attributes."""
+    from .analysis import convergence
+
+    try:
+        return convergence.to_attrs(convergence.at_centre(cfg, model, splits, eng.batch_size, eng.device))
+    except Exception as e:  # noqa: BLE001 - a diagnostic must never cost the finished surface
+        print(f"distland: warning: convergence at θ* not measured ({type(e).__name__}: {e})", file=sys.stderr)
+        return {}
 
 
 def summarize(cfg: Config, grid: Grid, computed: int, seconds: float, ranks: int, io: str,
@@ -322,5 +349,7 @@ def summarize(cfg: Config, grid: Grid, computed: int, seconds: float, ranks: int
         report = sharpness_report(data, metric)
         store_report(cfg.output, report, metric)
         sharpness = format_report(report, metric)
+    from .analysis import convergence
+
     return Summary(cfg.output, grid.shape, cfg.model, grid.size, computed, seconds, minimum, nonfinite, ranks, io,
-                   stats, sharpness)
+                   stats, sharpness, convergence.format_report(convergence.read(data.attrs)))

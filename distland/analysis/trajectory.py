@@ -273,6 +273,7 @@ def write(path: str, traj: Trajectory) -> None:
     import h5py
 
     text = h5py.string_dtype()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)   # like `distland surface`, create the output's folder
     with h5py.File(path, "w") as f:
         f.attrs["direction_type"] = traj.kind
         f.attrs["final_checkpoint"] = traj.final
@@ -369,10 +370,19 @@ def summary(traj: Trajectory, out: str) -> str:
     # The grid must hold the origin (the final weights) and the whole path, with a margin off the plot's edge.
     lo, hi = np.minimum(traj.coords.min(axis=0), 0.0), np.maximum(traj.coords.max(axis=0), 0.0)
     pad = 0.1 * np.maximum(hi - lo, 1e-12)
+    axes = [_grid_through_origin(lo[k] - pad[k], hi[k] + pad[k]) for k in range(2)]
     lines.append(f"wrote {out}: directions/x, directions/y, trajectory/coords ({len(traj.labels)} × 2), "
                  f"residual max {traj.residual.max():.3g} (offset norms up to {traj.norms.max():.3g})")
     lines.append(f"next: distland surface CONFIG --set checkpoint={traj.final} --set directions.kind=file "
                  f"--set directions.file={out} --set directions.type={traj.kind} "
-                 f"--set 'grid.x=[{lo[0] - pad[0]:.3g},{hi[0] + pad[0]:.3g},51]' "
-                 f"--set 'grid.y=[{lo[1] - pad[1]:.3g},{hi[1] + pad[1]:.3g},51]'")
+                 f"--set 'grid.x=[{axes[0][0]:.6g},{axes[0][1]:.6g},{axes[0][2]}]' "
+                 f"--set 'grid.y=[{axes[1][0]:.6g},{axes[1][1]:.6g},{axes[1][2]}]' "
+                 f"--set output={str(Path(out).with_suffix(''))}_surface.h5")
     return "\n".join(lines)
+
+
+def _grid_through_origin(lo: float, hi: float, steps: int = 50) -> Tuple[float, float, int]:
+    """[lo', hi', n] covering [lo, hi] in about ``steps`` steps, with 0 (the final weights) a grid point."""
+    h = float(f"{(hi - lo) / steps:.2g}")
+    a, b = math.floor(lo / h), math.ceil(hi / h)
+    return a * h, b * h, b - a + 1

@@ -11,6 +11,7 @@ import sys
 from typing import Any, Callable, List, Optional, Sequence
 
 from .common import KINDS, KINDS_2D, METRICS, PlotError, PlotOptions, load, pick_metric, stem
+from .trajectory import check_trajectory_plane
 
 FORMATS = ("png", "pdf", "svg")
 
@@ -55,7 +56,9 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--kinds", type=_kinds, metavar="K[,K...]",
                    help=f"plots to make, from {', '.join(KINDS)}, or none (default: 1d for a 1-D surface, "
                         f"{','.join(KINDS_2D)} for a 2-D one)")
-    p.add_argument("--log", action="store_true", help="log10 scale for the metric")
+    p.add_argument("--log", action="store_true",
+                   help="log10 scale for the metric. Beware: a minimum at L = 5e-5 then looks deeper and sharper "
+                        "than one at 0.06 (a decade per contour near zero); compare minima on a linear scale")
     p.add_argument("--vmin", type=float, help="lower end of the colour scale / contour levels (data units)")
     p.add_argument("--vmax", type=float, help="upper end of the colour scale / contour levels (data units)")
     p.add_argument("--levels", type=_levels, metavar="N", help="number of contour levels (default: 20)")
@@ -125,6 +128,7 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
         if len(datas) > 1 or ndim != 2:
             raise PlotError("--trajectory needs exactly one 2-D surface file (the one computed in its PCA plane)")
         traj = read_trajectory(trajectory)
+        check_trajectory_plane(datas[0].path, trajectory)
     out_dir = out or os.path.dirname(os.path.abspath(paths[0]))
     os.makedirs(out_dir, exist_ok=True)
     stems = [stem(p) for p in paths]

@@ -101,6 +101,11 @@ def values(data: Any, metric: str, log: bool) -> np.ndarray:
     v = transform(data.metrics[metric], log)
     v[~np.asarray(data.done, dtype=bool)] = np.nan
     v[~np.isfinite(v)] = np.nan
+    loss = metric[:-len("_acc")] + "_loss" if metric.endswith("_acc") else ""
+    if loss in data.metrics:
+        # Where the loss is NaN/inf the model produced no numbers; its "accuracy" (argmax of NaN logits = class 0,
+        # about 10%) would draw a cliff that is not there.
+        v[~np.isfinite(np.asarray(data.metrics[loss], dtype=np.float64))] = np.nan
     return v
 
 
@@ -197,6 +202,26 @@ def choose_levels(arrays: Sequence[np.ndarray], opts: PlotOptions, where: str = 
     return contour_levels(lo, hi, n)
 
 
+def level_note(arrays: Sequence[np.ndarray], levels: np.ndarray, opts: PlotOptions, kind: str) -> str:
+    """What a reader must know about the levels: how they are spaced and what lies beyond them (values in
+    plotting space; the text in data units)."""
+    unit = (lambda v: f"{10.0 ** v:.3g}") if opts.log else (lambda v: f"{v:.3g}")
+    steps = np.diff(levels)
+    parts = [f"{len(levels)} levels from {unit(levels[0])} to {unit(levels[-1])}, "
+             + (f"every {unit(steps[0]) if not opts.log else f'{steps[0]:.3g} decades'}"
+                if np.allclose(steps, steps[0], rtol=1e-6) else "at quantiles of the values (uneven spacing)")]
+    finite = _finite(arrays)
+    top, bottom = float(finite.max()), float(finite.min())
+    if top > levels[-1] + 1e-12 * max(1.0, abs(levels[-1])):
+        what = {"surface3d": "heights clipped at", "contour": "no contours above",
+                "heatmap": "top colour above", "contourf": "top colour above"}.get(kind, "clipped at")
+        why = " (95th percentile: the rest are outliers)" if opts.vmax is None and opts.zmax is None else ""
+        parts.append(f"{what} {unit(levels[-1])}{why}; the data reach {unit(top)}")
+    if bottom < levels[0] - 1e-12 * max(1.0, abs(levels[0])):
+        parts.append(f"below {unit(levels[0])} down to {unit(bottom)} not resolved")
+    return "; ".join(parts)
+
+
 def metric_label(metric: str, log: bool) -> str:
     unit = " (%)" if metric.endswith("_acc") else ""
     return f"{metric}{unit}" + (", log scale" if log else "")
@@ -244,9 +269,34 @@ def model_name(data: Any) -> str:
 
 
 def title(data: Any, metric: Optional[str], log: bool) -> str:
-    """Two-line figure title: model and metric, then the provenance line."""
+    """Figure title: model and metric, the provenance line, and a warning line when θ* is not a minimizer."""
     head = model_name(data) + (f" — {metric_label(metric, log)}" if metric else "")
-    return f"{head}\n{describe(data)}"
+    warn = minimizer_warning(data)
+    return f"{head}\n{describe(data)}" + (f"\n{warn}" if warn else "")
+
+
+def minimizer_warning(data: Any) -> str:
+    """"WARNING: centre is not a minimizer (...)" from the file's convergence attributes, or ""."""
+    from distland.analysis import convergence   # numpy only
+
+    report = convergence.read(getattr(data, "attrs", {}) or {})
+    if not report or convergence.is_minimizer(report)[0]:
+        return ""
+    return f"WARNING: centre is not a minimizer (train acc {report.get('train_acc', math.nan):.1f}%)"
+
+
+def interp_ends(data: Any) -> Optional[Tuple[str, str]]:
+    """(name at x = 0, name at x = 1) of an interpolation surface: the checkpoint and the target, else None."""
+    cfg: Dict[str, Any] = data.config if isinstance(data.config, dict) else {}
+    dirs = cfg.get("directions") if isinstance(cfg.get("directions"), dict) else {}
+    if dirs.get("kind") != "interp":
+        return None
+
+    def name(path: Any) -> str:
+        p = Path(str(path or ""))
+        return p.parent.name if p.name in ("final.pt", "last.pt") and p.parent.name else (p.name or "?")
+
+    return name(cfg.get("checkpoint")), name(dirs.get("target"))
 
 
 def stem(path: str) -> str:

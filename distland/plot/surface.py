@@ -13,8 +13,10 @@ import numpy as np
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
 
-from .common import (KINDS_2D, METRICS, PlotError, PlotOptions, choose_levels, describe, metric_label, model_name,
-                     pick_metric, plane, stem, title, transform_scalar, value_range, values)
+from .common import (KINDS_2D, METRICS, PlotError, PlotOptions, choose_levels, describe, interp_ends, level_note,
+                     metric_label,
+                     minimizer_warning, model_name, pick_metric, plane, stem, title, transform_scalar, value_range,
+                     values)
 from .trajectory import Trajectory, overlay_trajectory
 
 CMAP = "viridis"
@@ -124,10 +126,18 @@ def plot_2d(data: Any, kind: str, opts: PlotOptions, trajectory: Optional[Trajec
         overlay_trajectory(ax, trajectory)
     _colorbar(fig, m, ax, metric, opts, levels)
     fig.suptitle(title(data, metric, opts.log), fontsize=10)
+    fig.supxlabel(_note([values(data, metric, opts.log)], levels, opts, kind), fontsize=7)
     return fig
 
 
-def _draw_1d(ax: Any, data: Any, opts: PlotOptions) -> Optional[Any]:
+def _note(arrays: Sequence[np.ndarray], levels: np.ndarray, opts: PlotOptions, kind: str) -> str:
+    if kind == "surface3d" and opts.zmax is not None:
+        top = transform_scalar(opts.zmax, opts.log, "zmax")
+        levels = np.append(levels[levels < top], top)
+    return "\n".join(textwrap.wrap(level_note(arrays, levels, opts, kind), 110))
+
+
+def _draw_1d(ax: Any, data: Any, opts: PlotOptions, group: Sequence[Any] = ()) -> Optional[Any]:
     """Loss on ``ax`` and accuracy on a twin axis, train solid and test dashed; gaps where not done or diverged."""
     x = np.asarray(data.x, dtype=np.float64)
     wanted = [opts.metric] if opts.metric else [m for m in METRICS if m in data.metrics]
@@ -146,20 +156,30 @@ def _draw_1d(ax: Any, data: Any, opts: PlotOptions) -> Optional[Any]:
         ax.set_ylabel("loss" + (" (log scale)" if opts.log else ""))
         if opts.log:
             ax.set_yscale("log")
-        _limit_1d(ax, data, losses, opts)
+        _limit_1d(ax, group or [data], losses, opts)
     if accs:
         acc_ax.set_ylabel("accuracy (%)")
         if not losses:
-            _limit_1d(acc_ax, data, accs, opts)
+            _limit_1d(acc_ax, group or [data], accs, opts)
     ax.set_xlabel("x")
+    ends = interp_ends(data)
+    if ends is not None:
+        # Which model sits where: the curve alone does not say which end is which.
+        for at, name in zip((0.0, 1.0), ends):
+            ax.axvline(at, color="grey", linestyle=":", linewidth=0.8)
+            ax.annotate(f"{'θ' if at == 0 else 'θ′'}: {name}", (at, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(2, -10), textcoords="offset points", fontsize=7, color="dimgrey")
+        ax.set_xlabel("α  (θ(α) = (1−α)·θ + α·θ′)")
     ax.legend(handles=handles, loc="best", fontsize=8)
     return acc_ax if acc_ax is not ax else None
 
 
-def _limit_1d(ax: Any, data: Any, names: Sequence[str], opts: PlotOptions) -> None:
-    """Apply --vmin/--vmax, or cut off outliers (a diverged end would otherwise flatten the curve)."""
-    lo, hi = value_range([values(data, n, opts.log) for n in names], opts, data.path)
-    top = max(float(np.nanmax(values(data, n, opts.log))) for n in names)
+def _limit_1d(ax: Any, datas: Sequence[Any], names: Sequence[str], opts: PlotOptions) -> None:
+    """Apply --vmin/--vmax, or cut off outliers (a diverged end would otherwise flatten the curve). The range comes
+    from every file of a comparison (``datas``), so panels sharing the axis agree on it."""
+    arrays = [values(d, n, opts.log) for d in datas for n in names if n in d.metrics]
+    lo, hi = value_range(arrays, opts, ", ".join(d.path for d in datas))
+    top = max(float(np.nanmax(a)) if np.isfinite(a).any() else -math.inf for a in arrays)
     if opts.vmin is None and opts.vmax is None and hi >= top:
         return                              # no outliers and no user bounds: matplotlib's own margins are best
     pad = 0.03 * (hi - lo)
@@ -199,12 +219,13 @@ def plot_compare(datas: Sequence[Any], kind: str, opts: PlotOptions) -> Figure:
         for k, d in enumerate(datas):
             ax = fig.add_subplot(rows, cols, k + 1, sharey=first)
             first = first or ax
-            acc = _draw_1d(ax, d, opts)
+            acc = _draw_1d(ax, d, opts, datas)
             if acc is not None:             # accuracy axes shared too, or equal curves would look different
                 first_acc = first_acc or acc
                 if acc is not first_acc:
                     acc.sharey(first_acc)
-            ax.set_title(f"{stem(d.path)}: {model_name(d)}", fontsize=9)
+            warn = minimizer_warning(d)
+            ax.set_title(f"{stem(d.path)}: {model_name(d)}" + (f"\n{warn}" if warn else ""), fontsize=9)
         fig.suptitle("comparison on shared axes", fontsize=10)
         return fig
     metric = opts.metric or pick_metric(datas[0], None)
@@ -216,10 +237,13 @@ def plot_compare(datas: Sequence[Any], kind: str, opts: PlotOptions) -> Figure:
     for k, d in enumerate(datas):
         ax = _axes(fig, kind, rows, cols, k + 1)
         mappables.append(draw_2d(ax, d, kind, metric, opts, levels))
-        ax.set_title("\n".join([f"{stem(d.path)}: {model_name(d)}", *textwrap.wrap(describe(d), 55)]), fontsize=8)
+        warn = minimizer_warning(d)
+        ax.set_title("\n".join([f"{stem(d.path)}: {model_name(d)}", *textwrap.wrap(describe(d), 55)]
+                                + ([warn] if warn else [])), fontsize=8)
         axes.append(ax)
     _colorbar(fig, mappables[0], axes, metric, opts, levels)
     fig.suptitle(f"{metric_label(metric, opts.log)} — shared colour scale", fontsize=10)
+    fig.supxlabel(_note([values(d, metric, opts.log) for d in datas], levels, opts, kind), fontsize=7)
     return fig
 
 

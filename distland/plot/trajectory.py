@@ -52,6 +52,29 @@ def read_trajectory(path: str) -> Trajectory:
                       None if evr is None else np.asarray(evr, dtype=np.float64), path)
 
 
+def check_trajectory_plane(surface_path: str, trajectory_path: str) -> None:
+    """Refuse a path drawn over a surface computed on other directions: its coordinates would be meaningless there
+    (and the axes would be relabelled "PC1" under a title saying "random directions")."""
+    import h5py
+
+    with h5py.File(surface_path, "r") as fs, h5py.File(trajectory_path, "r") as ft:
+        if "directions" not in ft:
+            raise PlotError(f"{trajectory_path} stores no directions, so it cannot be checked against "
+                            f"{surface_path}; recompute it with `distland trajectory`")
+        if "directions" not in fs:
+            raise PlotError(f"{surface_path} stores no directions (not a distland surface?): cannot check that "
+                            f"{trajectory_path} was projected on its plane")
+        for axis in ("x", "y"):
+            a, b = fs["directions"].get(axis), ft["directions"].get(axis)
+            shared = [k for k in (a.keys() if a is not None else []) if b is not None and k in b]
+            same = bool(shared) and all(np.allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=1e-5, atol=1e-8)
+                                        for k in shared)
+            if not same:
+                raise PlotError(f"{trajectory_path} was projected on other directions than {surface_path} "
+                                f"(direction {axis} differs): compute the surface with directions.kind: file and "
+                                f"directions.file: {trajectory_path}")
+
+
 def overlay_trajectory(ax: Any, traj: Trajectory, max_labels: int = 12) -> None:
     """Draw the path with epoch markers, label every few epochs, star the lr drops and name the axes by PC."""
     c = traj.coords
@@ -64,7 +87,14 @@ def overlay_trajectory(ax: Any, traj: Trajectory, max_labels: int = 12) -> None:
     # Label only every few epochs: a 200-epoch run labelled at each point is unreadable.
     step = max(1, math.ceil(len(c) / max_labels))
     shown = set(range(0, len(c), step)) | {len(c) - 1}
-    for k in sorted(shown):
+    # Where the path converges the points pile up: a label only where no earlier label is within 4% of the plot.
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    span = np.array([max(x1 - x0, 1e-12), max(y1 - y0, 1e-12)])
+    placed: list = []
+    for k in sorted(shown, key=lambda i: (i != len(c) - 1, i)):   # the final point first: it is always named
+        if any(np.hypot(*((c[k] - q) / span)) < 0.04 for q in placed):
+            continue
+        placed.append(c[k])
         ax.annotate(str(traj.labels[k]), (c[k, 0], c[k, 1]), textcoords="offset points", xytext=(4, 4),
                     fontsize=7, zorder=6)
     drop = np.isin(traj.labels, traj.lr_drops)

@@ -35,6 +35,7 @@ class Context:
     engine: Engine                                    # as :func:`distland.engine.choose` made it for this rank
     coordinator: bool                                 # rank 0 of a multi-rank job: it must keep answering workers
     share: int                                        # points this rank can expect to compute for this quantity
+    log_keys: Sequence[str] = ()                      # tensors moved geometrically (interpolated BN variances)
 
 
 class PointEvaluator(ABC):

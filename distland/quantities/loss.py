@@ -49,7 +49,7 @@ class LossQuantity(Quantity):
 class LossEvaluator(PointEvaluator):
     def __init__(self, ctx: Context, criterion: Criterion) -> None:
         self.evaluator = SurfaceEvaluator(ctx.model, ctx.reference, ctx.directions, ctx.splits, ctx.engine,
-                                          criterion)
+                                          criterion, ctx.log_keys)
         self.engine = self.evaluator.engine
         self.names = dataset_names(list(ctx.splits), criterion.correct is not None)
         # engine.compile: auto, never on the coordinator of a multi-rank job: while it compiled it could hand
