@@ -69,21 +69,51 @@ def eval_batches(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.T
 
 # ---------------------------------------------------------------------------------------------- BN folding
 def find_conv_bn_pairs(model: nn.Module) -> Tuple[Optional[torch.fx.GraphModule], List[Tuple[str, str]]]:
-    """Trace ``model`` and return it with the (conv, bn) module-name pairs whose conv output feeds only the BN."""
+    """Trace ``model`` and return it with the (conv, bn) module-name pairs that fold exactly.
+
+    A pair folds only when nothing else can see the conv's raw output or share its weights: the conv module is
+    called exactly once, that call's only user is a call of a BatchNorm2d with running statistics, that BN module is
+    called exactly once, and no other module holds the conv's weight or bias. A conv called at two places, each
+    followed by its own BN, is therefore left alone (folding both BNs into the one conv would apply both scales)."""
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception:  # noqa: BLE001 - untraceable models simply run unfolded
         return None, []
     mods = dict(gm.named_modules())
+    calls: Dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    # Parameters held by more than one module (tied weights) would be rescaled for every holder.
+    holders: Dict[int, int] = {}
+    for _, param in gm.named_parameters(remove_duplicate=False):
+        holders[id(param)] = holders.get(id(param), 0) + 1
     pairs = []
     for node in gm.graph.nodes:
         if node.op != "call_module" or not isinstance(mods.get(node.target), nn.BatchNorm2d):
             continue
         src = node.args[0] if node.args else None
-        if (isinstance(src, torch.fx.Node) and src.op == "call_module" and isinstance(mods.get(src.target), nn.Conv2d)
-                and len(src.users) == 1 and mods[node.target].track_running_stats):
+        if not (isinstance(src, torch.fx.Node) and src.op == "call_module"
+                and isinstance(mods.get(src.target), nn.Conv2d)):
+            continue
+        conv, bn = mods[src.target], mods[node.target]
+        exact = (calls[str(src.target)] == 1 and calls[str(node.target)] == 1 and len(src.users) == 1
+                 and len(node.args) == 1 and not node.kwargs and bn.track_running_stats
+                 and bn.running_var is not None and conv.out_channels == bn.num_features
+                 and all(holders[id(p)] == 1 for p in conv.parameters(recurse=False)))
+        if exact:
             pairs.append((str(src.target), str(node.target)))
     return gm, pairs
+
+
+def fold_outputs_match(folded: nn.Module, unfolded: nn.Module, inputs: torch.Tensor, rtol: float = 1e-4) -> bool:
+    """Whether the folded model computes the unfolded one's outputs on ``inputs`` (float32 rounding allowed)."""
+    with torch.inference_mode():
+        ref = unfolded(inputs).double()
+        got = folded(inputs).double()
+    if ref.shape != got.shape or not bool(torch.isfinite(got).all()):
+        return False
+    return bool(((got - ref).abs().max() <= rtol * max(float(ref.abs().max()), 1.0)))
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +135,7 @@ class SurfaceEvaluator:
         base = {k: v.detach().clone() for k, v in reference.items()}
         dirs = [{k: v.detach().clone() for k, v in d.items()} for d in directions]
         if engine.fold_bn:
-            exec_model, base, dirs = self._fold(exec_model, base, dirs)
+            exec_model, base, dirs = self._checked_fold(exec_model, base, dirs, splits)
         exec_model.to(self.device)
         if engine.channels_last:
             exec_model = exec_model.to(memory_format=torch.channels_last)
@@ -140,6 +170,30 @@ class SurfaceEvaluator:
         self._autocast = torch.bfloat16 if engine.precision == "bf16" else None
         if engine.compile == "on":
             self.compile_model()
+
+    def _checked_fold(self, model: nn.Module, base: Dict[str, torch.Tensor], dirs: List[Dict[str, torch.Tensor]],
+                      splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]):
+        """Fold BN (on copies), then run the folded and the unfolded model at θ* on a few samples: on a mismatch
+        warn and keep the unfolded model, as the compile path does; folding is a speed-up, never a risk."""
+        import warnings
+
+        folded, fbase, fdirs = self._fold(copy.deepcopy(model), dict(base), [dict(d) for d in dirs])
+        if not self.engine.fold_bn:
+            return model, base, dirs
+        inputs = next(iter(splits.values()))[0][:16] if splits else None
+        if inputs is not None and len(inputs):
+            unfolded = copy.deepcopy(model)
+            with torch.no_grad():
+                live, flive = unfolded.state_dict(keep_vars=True), folded.state_dict(keep_vars=True)
+                for key, theta in base.items():
+                    live[key].data.copy_(theta.to(live[key].dtype))
+                for key, theta in fbase.items():
+                    flive[key].data.copy_(theta.to(flive[key].dtype))
+            if not fold_outputs_match(folded.eval(), unfolded.eval(), inputs):
+                warnings.warn("BatchNorm folding changed the model's outputs at θ*; running unfolded")
+                self.engine.fold_bn = False
+                return model, base, dirs
+        return folded, fbase, fdirs
 
     def _fold(self, model: nn.Module, base: Dict[str, torch.Tensor], dirs: List[Dict[str, torch.Tensor]]):
         gm, pairs = find_conv_bn_pairs(model)

@@ -386,3 +386,64 @@ def test_precision_check_is_empty_for_float32():
     x, y = torch.randn(20, 1, 8, 8), torch.randint(0, 10, (20,))
     ev = SurfaceEvaluator(model, ref, dirs, {"train": (x, y)}, Engine())
     assert ev.precision_check([(0.0, 0.0)]) == {}
+
+
+class _SharedConv(nn.Module):
+    """One conv module called at two places, each call followed by its own BatchNorm: not foldable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn_a = nn.BatchNorm2d(4)
+        self.bn_b = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn_a(self.conv(x))) + torch.relu(self.bn_b(self.conv(x)))
+        h = torch.relu(self.bn2(self.conv2(h)))
+        return self.fc(h.mean((2, 3)))
+
+
+def _shared_conv_model() -> nn.Module:
+    torch.manual_seed(3)
+    model = _SharedConv()
+    for bn in (model.bn_a, model.bn_b, model.bn2):  # distinct, non-trivial statistics per BN
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.3, 3.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_a_conv_called_twice_is_not_folded(digits_train):
+    model = _shared_conv_model()
+    ref = D.reference_weights(model, "weights")
+    dirs = D.make_random(ref, seed=2, norm="filter", ignore="biasbn", ndim=1)
+    _, pairs = find_conv_bn_pairs(model)
+    assert pairs == [("conv2", "bn2")]  # only the conv called once, feeding only its BN
+    splits = {"train": digits_train}
+    plain = SurfaceEvaluator(model, ref, dirs, splits, Engine(device="cpu", batch_size=64, fold_bn=False))
+    folded = SurfaceEvaluator(model, ref, dirs, splits, Engine(device="cpu", batch_size=64, fold_bn=True))
+    assert folded.engine.fold_bn is True
+    for c in (0.0, 0.5):
+        assert folded.evaluate((c,))["train_loss"] == pytest.approx(plain.evaluate((c,))["train_loss"], rel=1e-5)
+
+
+def test_an_inexact_fold_is_caught_at_theta_and_runs_unfolded(digits_train, monkeypatch):
+    import distland.evaluate as E
+
+    model = _shared_conv_model()
+    ref = D.reference_weights(model, "weights")
+    dirs = D.make_random(ref, seed=2, norm="filter", ignore="biasbn", ndim=1)
+    # A pair finder that (wrongly) folds both BNs into the shared conv, as the per-call check used to.
+    real = E.find_conv_bn_pairs
+    monkeypatch.setattr(E, "find_conv_bn_pairs",
+                        lambda m: (real(m)[0], [("conv", "bn_a"), ("conv", "bn_b"), ("conv2", "bn2")]))
+    splits = {"train": digits_train}
+    plain = SurfaceEvaluator(model, ref, dirs, splits, Engine(device="cpu", batch_size=64, fold_bn=False))
+    with pytest.warns(UserWarning, match="folding changed"):
+        ev = SurfaceEvaluator(model, ref, dirs, splits, Engine(device="cpu", batch_size=64, fold_bn=True))
+    assert ev.engine.fold_bn is False
+    assert any(isinstance(m, nn.BatchNorm2d) for m in ev.model.modules())
+    assert ev.evaluate((0.3,))["train_loss"] == pytest.approx(plain.evaluate((0.3,))["train_loss"], rel=1e-6)
