@@ -138,20 +138,26 @@ def _maybe_train(cfg: Config) -> None:
                                "make `checkpoint` point at the training run's final.pt")
 
 
+def _resolved(cfg: Config) -> Config:
+    # The stored config names the direction type that was used, not `auto`.
+    return dataclasses.replace(cfg, directions=dataclasses.replace(cfg.directions,
+                                                                   type=cfg.directions.resolved_type()))
+
+
 def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None) -> Plan:
     """Rank-0 work before the sweep; every check that can fail on bad input happens here. The model with θ*
     and the decoded data go into ``keep`` (when given), so rank 0 does not build them a second time."""
     _maybe_train(cfg)
     grid = Grid.from_config(cfg.grid)
     model, ckpt_digest = build_reference_model(cfg)
-    reference = dirs.reference_weights(model, cfg.directions.type)
+    reference = dirs.reference_weights(model, cfg.directions.resolved_type())
     target = None
     target_digest = ""
     if cfg.directions.kind == "interp":
         target = load_state_dict(cfg.directions.target)
         check = build_model(cfg.model, **cfg.model_args)
         apply_state_dict(check, target, f"directions.target {cfg.directions.target!r}")
-        target = dirs.reference_weights(check, cfg.directions.type)
+        target = dirs.reference_weights(check, cfg.directions.resolved_type())
         target_digest = sha256(cfg.directions.target)
     splits = load_data(cfg)
     with torch.no_grad():
@@ -169,7 +175,9 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
         "model": cfg.model, "model_args": cfg.model_args, "checkpoint_sha256": ckpt_digest,
         "data": {"name": cfg.data.name, "split": cfg.data.split, "max_samples": cfg.data.max_samples,
                  "options": cfg.data.options, "digest": data_digest(splits)},
-        "directions": {**dataclasses.asdict(cfg.directions), "target": target_digest,
+        # The resolved type, so a random surface made before `auto` existed (type: weights) still resumes.
+        "directions": {**dataclasses.asdict(cfg.directions), "type": cfg.directions.resolved_type(),
+                       "target": target_digest,
                        "file": sha256(cfg.directions.file) if cfg.directions.file else ""},
         "grid": {"x": list(map(float, cfg.grid.x)), "y": None if cfg.grid.y is None else list(map(float, cfg.grid.y))},
     }
@@ -177,7 +185,7 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
         # Reduced precision changes the numbers (bf16 by ~1e-3): one file must not mix it with exact points.
         identity["precision"] = cfg.engine.precision
     spec = SurfaceSpec(grid=grid, metrics=metric_names(cfg.splits), identity=identity, attrs={
-        "config": to_yaml(cfg), "checkpoint_sha256": ckpt_digest, "seed": cfg.directions.seed,
+        "config": to_yaml(_resolved(cfg)), "checkpoint_sha256": ckpt_digest, "seed": cfg.directions.seed,
         "model": cfg.model, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ndim": grid.ndim,
     })
     mode = check_existing(cfg.output, spec, overwrite)
@@ -250,7 +258,7 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
     eng = engines.choose(cfg.engine, comm.local_rank, comm.local_size, cfg.data.batch_size, sample.dim(),
                          activation_bytes=activations)
     engines.apply_process_settings(eng)
-    reference = dirs.reference_weights(model, cfg.directions.type)
+    reference = dirs.reference_weights(model, cfg.directions.resolved_type())
     directions = [dirs.from_numpy(d) for d in plan.spec.directions]
     evaluator = SurfaceEvaluator(model, reference, directions, splits, eng)
     device_line = f"rank {comm.rank} host {comm.host} device {eng.device} threads {eng.threads}"

@@ -264,6 +264,36 @@ def test_interpolation_surface_ends_at_both_checkpoints(tmp_path, digits_train):
         torch.testing.assert_close(dirs[0][k], want, rtol=0, atol=0)
 
 
+def test_interpolation_by_default_carries_batchnorm_statistics_to_the_target(tmp_path, digits_train):
+    """With no directions.type given, α = 1 is θ′ itself (its running statistics included), not θ′'s weights with
+    θ*'s statistics; a random surface of the same config still moves parameters only."""
+    a = save_checkpoint(tmp_path / "a.pt", seed=1)
+    b = save_checkpoint(tmp_path / "b.pt", seed=2)
+    out = tmp_path / "interp.h5"
+    cfg = small_config(out, f"checkpoint={a}", "directions.kind=interp", f"directions.target={b}",
+                       "grid.x=[0, 1, 2]", "grid.y=null")
+    assert cfg.directions.type == "auto" and cfg.directions.resolved_type() == "states"
+    run_surface(cfg)
+    dirs, _, _, arrays, attrs = _stored(out)
+    assert "features.1.running_var" in dirs[0]
+    x, y = digits_train
+    model = DemoCNN()
+    model.load_state_dict(torch.load(b, weights_only=True))
+    assert arrays["train_loss"][1] == pytest.approx(plain_loss(model, x, y)[0], rel=1e-5)
+    assert "type: states" in attrs["config"]
+    assert small_config(tmp_path / "r.h5").directions.resolved_type() == "weights"
+
+
+def test_random_surface_identity_still_says_weights(tmp_path):
+    """A random surface written before `type: auto` existed (identity type 'weights') must still resume."""
+    out = tmp_path / "r.h5"
+    run_surface(small_config(out, "directions.type=weights", "grid.x=[-1, 1, 2]", "grid.y=null"))
+    with h5py.File(out, "r") as f:
+        identity = json.loads(f.attrs["identity"])
+    assert identity["directions"]["type"] == "weights"
+    run_surface(small_config(out, "grid.x=[-1, 1, 2]", "grid.y=null"))  # default auto: resumes, no error
+
+
 # --------------------------------------------------------------------------------------------- whole-job properties
 def test_same_dir_surface_depends_only_on_x_plus_y(tmp_path):
     out = tmp_path / "same.h5"
