@@ -152,8 +152,8 @@ class SurfaceEvaluator:
                 target = live[key]
                 target.data.copy_(theta.to(target.dtype))
                 moving = [d[key] for d in dirs]
-                if not any(bool(m.any()) for m in moving):
-                    continue
+                if not theta.is_floating_point() or not any(bool(m.any()) for m in moving):
+                    continue  # integer buffers (num_batches_tracked) never move
                 fmt = torch.channels_last if (engine.channels_last and target.dim() == 4) else torch.contiguous_format
                 self._live.append(target.data)
                 self._base.append(theta.to(self.device, target.dtype).contiguous(memory_format=fmt))
