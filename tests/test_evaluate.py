@@ -211,14 +211,17 @@ def test_cross_entropy_eval_matches_plain_and_batches_do_not_matter(digits_train
 
 # --------------------------------------------------------------------------------------------- the paper's point
 def test_filter_normalization_removes_the_scale_invariance_artifact(tmp_path, digits_train):
-    """Scale conv1's weights by 10 and its BN statistics to match: the network computes the same function. The
-    filter-normalized surfaces of both checkpoints agree; the un-normalized ones do not."""
+    """Scale each of conv1's filters by its own factor and its BN statistics to match: the network computes the same
+    function. Filter-normalized surfaces of both checkpoints agree; layer-normalized (one norm per tensor, blind to
+    how the scale is spread over filters) and un-normalized ones do not."""
     original = make_model("democnn", seed=11)
     scaled = make_model("democnn", seed=11)
+    conv, bn = scaled.features[0], scaled.features[1]
+    factors = torch.linspace(2.0, 10.0, conv.out_channels)  # >= 2 keeps BN's eps negligible after scaling
     with torch.no_grad():
-        scaled.features[0].weight.mul_(10.0)
-        scaled.features[1].running_mean.mul_(10.0)
-        scaled.features[1].running_var.mul_(100.0)
+        conv.weight.mul_(factors.view(-1, 1, 1, 1))
+        bn.running_mean.mul_(factors)
+        bn.running_var.mul_(factors ** 2)
     x, y = digits_train
     with torch.no_grad():
         torch.testing.assert_close(scaled(x), original(x), rtol=1e-4, atol=1e-4)  # same function
@@ -234,12 +237,15 @@ def test_filter_normalization_removes_the_scale_invariance_artifact(tmp_path, di
             return np.asarray(f["train_loss"])
 
     fa, fb = surface("a.pt", "filter"), surface("b.pt", "filter")
+    la, lb = surface("a.pt", "layer"), surface("b.pt", "layer")
     na, nb = surface("a.pt", "none"), surface("b.pt", "none")
-    assert np.isfinite(fa).all() and np.isfinite(na).all()
+    assert np.isfinite(fa).all() and np.isfinite(la).all() and np.isfinite(na).all()
     np.testing.assert_allclose(fb, fa, rtol=1e-5, atol=1e-6)
     assert np.ptp(fa) > 1e-2  # a non-trivial surface
-    assert np.max(np.abs(nb - na)) > 1e-2
-    assert np.max(np.abs(nb - na)) > 1000 * np.max(np.abs(fb - fa))
+    filter_gap = np.max(np.abs(fb - fa))
+    for other_a, other_b in ((la, lb), (na, nb)):
+        assert np.max(np.abs(other_b - other_a)) > 1e-2
+        assert np.max(np.abs(other_b - other_a)) > 1000 * filter_gap
 
 
 # --------------------------------------------------------------------------------------------- interpolation
