@@ -67,7 +67,7 @@ def load_state_dict(path: Union[str, Path]) -> StateDict:
 def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Load ``state`` into ``model`` strictly, with an error that lists missing/unexpected/mis-shaped keys."""
     own = model.state_dict()
-    state = _fill_counters(state, own)
+    state = _fill_counters(_renamed(state, own, getattr(model, "legacy_key_renames", {})), own)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -87,6 +87,23 @@ def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
         raise CheckpointError(f"{source} has NaN/inf values in {_few(bad)}; the training run diverged — "
                               "use an earlier checkpoint")
     model.load_state_dict(state, strict=True)
+
+
+def _renamed(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
+             renames: Mapping[str, str]) -> Mapping[str, torch.Tensor]:
+    # A model may name key prefixes of its own older layouts (distland's ResNets called the classifier `fc`
+    # before adopting the authors' `linear`). The renaming is used only when it makes every key match exactly,
+    # so no key is ever dropped and a checkpoint of another model is still refused with the usual error.
+    if not renames or set(state) == set(own):
+        return state
+    out: StateDict = OrderedDict()
+    for key, value in state.items():
+        for old, new in renames.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out if set(out) == set(own) and len(out) == len(state) else state
 
 
 def _fill_counters(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:

@@ -252,7 +252,8 @@ def test_authors_checkpoint_loads_weights_only(tmp_path, legacy):
 def test_a_wrong_key_is_still_refused(tmp_path):
     path = tmp_path / "bad.t7"
     theirs = REFERENCE["resnet20"]()
-    state = {("fc." + k[len("linear."):] if k.startswith("linear.") else k): v for k, v in theirs.state_dict().items()}
+    state = {("head." + k[len("linear."):] if k.startswith("linear.") else k): v
+             for k, v in theirs.state_dict().items()}
     torch.save({"state_dict": state, "epoch": 1, "acc": 10.0}, path)
     with pytest.raises(ValueError, match="missing keys.*linear.weight"):
         apply_state_dict(build_model("resnet20"), load_state_dict(path))
@@ -288,3 +289,18 @@ def test_paper_configs_name_authors_models():
             names.add(model)
     assert names and names <= set(PAPER)
     assert all(authors_layout(n) for n in names)
+
+
+def test_an_old_distland_resnet_checkpoint_with_fc_still_loads(tmp_path):
+    """distland's ResNets called the classifier `fc` before adopting the authors' `linear`: such a checkpoint is
+    renamed (every key then matches exactly) and loads; nothing is dropped."""
+    model = _randomized(build_model("resnet20"), seed=5)
+    old = {("fc." + k[len("linear."):] if k.startswith("linear.") else k): v for k, v in model.state_dict().items()}
+    torch.save(old, tmp_path / "old.pt")
+    fresh = build_model("resnet20")
+    apply_state_dict(fresh, load_state_dict(tmp_path / "old.pt"))
+    assert torch.equal(fresh.linear.weight, model.linear.weight)
+    old["fc.extra"] = torch.zeros(1)  # one key too many: refused, not silently dropped
+    torch.save(old, tmp_path / "extra.pt")
+    with pytest.raises(ValueError, match="unexpected keys"):
+        apply_state_dict(build_model("resnet20"), load_state_dict(tmp_path / "extra.pt"))

@@ -89,6 +89,9 @@ class ResNet(nn.Module):
     """A stem conv-BN-ReLU, one ``layer<i>`` stage per entry of ``blocks`` (the first keeps the resolution, the
     others halve it), global average pooling and the ``linear`` classifier."""
 
+    # Checkpoints of distland before the authors' layout named the classifier `fc` (see checkpoint.py).
+    legacy_key_renames = {"fc.": "linear."}
+
     def __init__(self, block: Block, blocks: Sequence[int], widths: Sequence[int], shortcut: bool = True,
                  num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
