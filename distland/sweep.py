@@ -138,12 +138,6 @@ def _maybe_train(cfg: Config) -> None:
                                "make `checkpoint` point at the training run's final.pt")
 
 
-def _resolved(cfg: Config) -> Config:
-    # The stored config names the direction type that was used, not `auto`.
-    return dataclasses.replace(cfg, directions=dataclasses.replace(cfg.directions,
-                                                                   type=cfg.directions.resolved_type()))
-
-
 def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None) -> Plan:
     """Rank-0 work before the sweep; every check that can fail on bad input happens here. The model with θ*
     and the decoded data go into ``keep`` (when given), so rank 0 does not build them a second time."""
@@ -185,7 +179,7 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
         # Reduced precision changes the numbers (bf16 by ~1e-3): one file must not mix it with exact points.
         identity["precision"] = cfg.engine.precision
     spec = SurfaceSpec(grid=grid, metrics=metric_names(cfg.splits), identity=identity, attrs={
-        "config": to_yaml(_resolved(cfg)), "checkpoint_sha256": ckpt_digest, "seed": cfg.directions.seed,
+        "config": to_yaml(cfg), "checkpoint_sha256": ckpt_digest, "seed": cfg.directions.seed,
         "model": cfg.model, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ndim": grid.ndim,
     })
     mode = check_existing(cfg.output, spec, overwrite)
