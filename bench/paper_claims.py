@@ -45,6 +45,9 @@ TAU = 0.1                 # basin threshold τ: loss increase that bounds the ba
 RADII = (0.25, 0.5)       # radii r of the mean / max loss increase
 PRIMARY_RADIUS = 0.25     # the primary sharpness number is the 2-D mean increase within this radius
 BARRIER_MIN = TAU         # interpolation: "the loss rises between the minimizers" when the barrier exceeds τ
+TRAINED_MIN = 0.9         # train accuracy a net must reach to count as a trained minimizer; a comparison that
+                          # involves a net below it is "inconclusive", whatever its numbers say (the paper compares
+                          # trained minimizers)
 
 # Claim 1: democnn on digits. At 30 epochs batch 1024 reaches only ~87% train accuracy, so both batches get 100
 # epochs (the paper's 300-epoch schedule, milestones at 1/2, 3/4, 0.9, shrunk 3x), as configs/small/train now does.
@@ -281,6 +284,17 @@ def claim_skip(out: Path, args: argparse.Namespace, epochs: int, milestones: Lis
 
 
 # ------------------------------------------------------------------------------------------------ report
+def gated(verdict: Dict[str, str], models: Dict[str, Dict[str, Any]], names: Sequence[str]) -> Dict[str, str]:
+    """``verdict``, or "inconclusive" when one of ``names`` did not reach ``TRAINED_MIN`` train accuracy."""
+    untrained = [n for n in names if not models[n]["train_acc"] >= TRAINED_MIN]
+    if not untrained or verdict["verdict"] == "note":
+        return verdict
+    accs = ", ".join(f"{n} {models[n]['train_acc']:.3f}" for n in untrained)
+    return {**verdict, "verdict": "inconclusive",
+            "detail": f"{verdict['detail']} (would be: {verdict['verdict']}); not trained to {TRAINED_MIN} train "
+                      f"accuracy: {accs}"}
+
+
 def report_batch(res: Dict[str, Any]) -> Tuple[str, List[Dict[str, str]]]:
     m = res["models"]
     cols = [(f"democnn_sb_{t}", f"democnn_lb_{t}", t) for t in (f"wd{w:g}" for w in WEIGHT_DECAYS)]
@@ -319,8 +333,9 @@ def report_batch(res: Dict[str, Any]) -> Tuple[str, List[Dict[str, str]]]:
     text += "\n\n1-D linear interpolation θ(α) = (1−α)·θ_SB + α·θ_LB (BN running stats included), train loss:\n"
     text += table(["pair", "L(α=0) SB", "L(α=0.5)", "L(α=1) LB", "barrier", "at α"], interp_rows)
     verdicts = []
-    for _, _, t in cols:
+    for sb, lb, t in cols:
         p = res["pairs"][t]
+        start = len(verdicts)
         verdicts.append({"claim": f"1 ({t}): large-batch minimum sharper (2-D mean ΔL within r={PRIMARY_RADIUS})",
                          "verdict": "agrees" if p["primary_lb_sharper"] else "disagrees",
                          "detail": f"{p['lb_sharper_count']}/{p['numbers_compared']} sharpness numbers say LB is "
@@ -332,6 +347,7 @@ def report_batch(res: Dict[str, Any]) -> Tuple[str, List[Dict[str, str]]]:
         verdicts.append({"claim": f"1 ({t}): loss rises between the SB and LB minimizers (barrier > τ={BARRIER_MIN})",
                          "verdict": "agrees" if p["barrier_above_tau"] else "disagrees",
                          "detail": f"barrier {fmt(res['interp'][t]['barrier'])}"})
+        verdicts[start:] = [gated(v, m, (sb, lb)) for v in verdicts[start:]]
     return text, verdicts
 
 
@@ -378,19 +394,20 @@ def report_skip(res: Dict[str, Any], depths: Sequence[int]) -> Tuple[str, List[D
                       f"2: roughness without skips grows with depth ({shallow} -> {deep})"))
     for a, b, label in pairs:
         p, k, n = rougher(a, b)
-        verdicts.append({"claim": label, "verdict": "n/a" if p is None else ("agrees" if p else "disagrees"),
-                         "detail": f"mean ρ {fmt(m[a]['rho_mean'])} vs {fmt(m[b]['rho_mean'])}; {k}/{n} roughness "
-                                   "numbers agree"})
+        verdicts.append(gated({"claim": label, "verdict": "n/a" if p is None else ("agrees" if p else "disagrees"),
+                               "detail": f"mean ρ {fmt(m[a]['rho_mean'])} vs {fmt(m[b]['rho_mean'])}; {k}/{n} "
+                                         "roughness numbers agree"}, m, (a, b)))
     if len(depths) > 1:
         shallow = min(depths)
         p, k, n = rougher(f"resnet{shallow}_noshort", f"resnet{shallow}")
-        verdicts.append({"claim": f"2 (info, not scored; the paper sees little difference at depth {shallow}): "
-                                  f"resnet{shallow}_noshort rougher than resnet{shallow}",
-                         "verdict": "n/a" if p is None else ("yes" if p else "no"),
-                         "detail": f"mean ρ {fmt(m[f'resnet{shallow}_noshort']['rho_mean'])} vs "
-                                   f"{fmt(m[f'resnet{shallow}']['rho_mean'])}; {k}/{n} roughness numbers say rougher"})
+        verdicts.append(gated({"claim": f"2 (info, not scored; the paper sees little difference at depth {shallow}): "
+                                        f"resnet{shallow}_noshort rougher than resnet{shallow}",
+                               "verdict": "n/a" if p is None else ("yes" if p else "no"),
+                               "detail": f"mean ρ {fmt(m[f'resnet{shallow}_noshort']['rho_mean'])} vs "
+                                         f"{fmt(m[f'resnet{shallow}']['rho_mean'])}; {k}/{n} roughness numbers say "
+                                         "rougher"}, m, (f"resnet{shallow}_noshort", f"resnet{shallow}")))
     for n in names:
-        if m[n]["train_acc"] < 0.9:
+        if m[n]["train_acc"] < TRAINED_MIN:
             verdicts.append({"claim": f"warning: {n} reached only {m[n]['train_acc']:.3f} train accuracy",
                              "verdict": "note", "detail": "its surface is not that of a well-trained minimizer"})
     res["verdicts"] = verdicts
@@ -439,6 +456,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    "epochs": b_ep, "lr": 0.1, "lr_milestones": b_ms, "optimizer": "SGD Nesterov 0.9",
                    "grid_1d": g1, "grid_2d": g2, "grid_interp": gi, "radii": list(RADII), "tau": TAU,
                    "directions": "random, filter-normalized, biases/BN zeroed (ignore biasbn), seed 0"},
+        "trained_min_train_acc": TRAINED_MIN,
         "claim2": {"models": [f"resnet{d}{s}" for d in depths for s in ("", "_noshort")], "epochs": s_ep,
                    "lr_milestones": s_ms, "batch_size": 128, "weight_decay": 5e-4, "grid_2d": gs,
                    "surface_samples": samples, "data": "digits, model_args in_channels 1"},
@@ -450,7 +468,7 @@ def main(argv: Optional[List[str]] = None) -> int:
              f"{gs[2]}x{gs[2]} surface over [-1,1]² on {samples} train images, seed {SEED})", sep, text2, "",
              sep, "VERDICTS" + ("  (SMOKE MODE: meaningless)" if args.smoke else ""), sep]
     for v in v1 + v2:
-        lines.append(f"[{v['verdict']:>9}] {'' if v['verdict'] == 'note' else 'claim '}{v['claim']} — {v['detail']}")
+        lines.append(f"[{v['verdict']:>12}] {'' if v['verdict'] == 'note' else 'claim '}{v['claim']} — {v['detail']}")
     lines.append(f"runtime {runtime:.0f} s (claim 1 {t_batch:.0f} s, claim 2 {t_skip:.0f} s); output {out}")
     print("\n".join(lines), flush=True)
     payload = {"settings": settings, "claim1": batch, "claim2": skip, "verdicts": v1 + v2,

@@ -67,6 +67,7 @@ def load_state_dict(path: Union[str, Path]) -> StateDict:
 def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Load ``state`` into ``model`` strictly, with an error that lists missing/unexpected/mis-shaped keys."""
     own = model.state_dict()
+    state = _fill_counters(_renamed(state, own, getattr(model, "legacy_key_renames", {})), own)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -86,6 +87,37 @@ def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
         raise CheckpointError(f"{source} has NaN/inf values in {_few(bad)}; the training run diverged — "
                               "use an earlier checkpoint")
     model.load_state_dict(state, strict=True)
+
+
+def _renamed(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
+             renames: Mapping[str, str]) -> Mapping[str, torch.Tensor]:
+    # A model may name key prefixes of its own older layouts (distland's ResNets called the classifier `fc`
+    # before adopting the authors' `linear`). The renaming is used only when it makes every key match exactly,
+    # so no key is ever dropped and a checkpoint of another model is still refused with the usual error.
+    if not renames or set(state) == set(own):
+        return state
+    out: StateDict = OrderedDict()
+    for key, value in state.items():
+        for old, new in renames.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out if set(out) == set(own) and len(out) == len(state) else state
+
+
+def _fill_counters(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    # Checkpoints saved before PyTorch 0.4.1 (the paper authors' among them) have no BatchNorm
+    # `num_batches_tracked`; that counter only sets the momentum of training with momentum=None and never enters
+    # an evaluation, so a missing one (and only that key) is filled with 0 instead of refusing the checkpoint.
+    absent = [k for k in own if k not in state and k.endswith(".num_batches_tracked")
+              and k[:-len("num_batches_tracked")] + "running_mean" in state]
+    if not absent:
+        return state
+    filled = OrderedDict(state)
+    for key in absent:
+        filled[key] = torch.zeros_like(own[key])
+    return filled
 
 
 def _few(items: list, n: int = 5) -> str:

@@ -150,14 +150,24 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import available, count_parameters
+    import torch
+
+    from .models import aliases_of, authors_layout, available, count_parameters
 
     rows = []
     for name, factory in available().items():
-        rows.append((name, count_parameters(factory())))
-    width = max(len(n) for n, _ in rows)
-    for name, n in rows:
-        print(f"{name:<{width}}  {n / 1e6:8.3f} M parameters")
+        with torch.device("meta"):  # shapes only: no memory and no initialisation for the 50 M-parameter nets
+            count = count_parameters(factory())
+        note = "  loss-landscape layout" if authors_layout(name) else ""
+        aliases = aliases_of(name)
+        if aliases:
+            note += f"{';' if note else ' '} alias {', '.join(aliases)}"
+        rows.append((name, count, note))
+    width = max(len(n) for n, _, _ in rows)
+    for name, n, note in rows:
+        print(f"{name:<{width}}  {n / 1e6:8.3f} M parameters{note}")
+    print("loss-landscape layout: the state_dict (keys, shapes, order) and forward function of the model of the same "
+          "name in the paper authors' code, so their checkpoints load as they are; names are case-insensitive")
     return 0
 
 

@@ -64,11 +64,19 @@ class DirectionsConfig:
     kind: str = "random"            # random | interp (1-D path to `target`) | file
     norm: str = "filter"            # filter | layer | weight | dfilter | dlayer | none
     ignore: str = "biasbn"          # biasbn | none
-    type: str = "weights"           # weights (parameters) | states (state_dict incl. BN running stats)
+    type: str = "auto"              # auto | weights (parameters) | states (state_dict incl. BN running stats);
+                                    # auto: states for interp (θ′'s BN statistics at α = 1), weights otherwise
     seed: int = 0
     same_dir: bool = False
     file: str = ""                  # reuse directions from a file (ours or the loss-landscape layout)
     target: str = ""                # interp: the second checkpoint θ'
+
+    def resolved_type(self) -> str:
+        """``type`` with ``auto`` resolved: an interpolation must carry BatchNorm's running statistics along, or
+        α = 1 is θ′'s weights with θ*'s statistics, not θ′; random and file directions move parameters only."""
+        if self.type != "auto":
+            return self.type
+        return "states" if self.kind == "interp" else "weights"
 
 
 INTERP_X = (-0.5, 1.5, 401)   # the default 1-D interpolation grid: beyond both end points
@@ -122,7 +130,7 @@ class Config:
         _choice("directions.kind", self.directions.kind, ("random", "interp", "file"))
         _choice("directions.norm", self.directions.norm, NORMS)
         _choice("directions.ignore", self.directions.ignore, ("biasbn", "none"))
-        _choice("directions.type", self.directions.type, ("weights", "states"))
+        _choice("directions.type", self.directions.type, ("auto", "weights", "states"))
         check_device("engine.device", self.engine.device)
         _choice("engine.channels_last", self.engine.channels_last, ("auto", "on", "off"))
         _choice("engine.fold_bn", self.engine.fold_bn, ("auto", "on", "off"))

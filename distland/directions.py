@@ -167,7 +167,10 @@ def load_file(path: Union[str, Path], reference: Mapping[str, torch.Tensor], ndi
                 raise DirectionError(f"direction file {str(p)!r} has neither directions/{axis} nor {legacy}; "
                                      f"a {ndim}-D surface needs {ndim} direction(s)")
             check_compatible(d, reference, f"direction file {str(p)!r} ({axis})")
-            out.append(OrderedDict((k, v.to(reference[k].dtype)) for k, v in d.items()))
+            # Integer buffers never move: the authors' `states` files hold num_batches_tracked differences as
+            # integers, which would otherwise be added with a float step (and are meaningless for evaluation).
+            out.append(OrderedDict((k, v.to(reference[k].dtype) if movable(reference[k])
+                                    else torch.zeros_like(reference[k])) for k, v in d.items()))
     return out
 
 

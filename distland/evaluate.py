@@ -20,7 +20,7 @@ from torch import nn
 
 from . import feed
 from .engine import Engine
-from .fold import fold_batchnorm
+from .fold import checked_fold
 from .losses import Criterion, resolve
 
 CROSS_ENTROPY = resolve("cross_entropy")
@@ -85,7 +85,8 @@ class SurfaceEvaluator:
         exec_model = copy.deepcopy(model).eval()
         base = {k: v.detach().clone() for k, v in reference.items()}
         dirs = [{k: v.detach().clone() for k, v in d.items()} for d in directions]
-        folded = fold_batchnorm(exec_model, base, dirs) if engine.fold_bn else None
+        folded = (checked_fold(exec_model, base, dirs, next(iter(splits.values()))[0][:8] if splits else None,
+                               self.device, engine.precision) if engine.fold_bn else None)
         if folded is not None:
             exec_model, base, dirs = folded
         exec_model.to(self.device)
@@ -105,8 +106,8 @@ class SurfaceEvaluator:
                 target = live[key]
                 target.data.copy_(theta.to(target.dtype))
                 moving = [d[key] for d in dirs]
-                if not any(bool(m.any()) for m in moving):
-                    continue
+                if not theta.is_floating_point() or not any(bool(m.any()) for m in moving):
+                    continue  # integer buffers (num_batches_tracked) never move
                 if key in log_keys:
                     tiny = torch.finfo(torch.float32).tiny   # a dead channel's 0 variance stays ~0, not -inf
                     log0 = theta.to(self.device, torch.float64).clamp_min(tiny).log()

@@ -128,7 +128,7 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
     and the decoded data go into ``keep`` (when given), so rank 0 does not build them a second time."""
     grid = Grid.from_config(cfg.grid)
     model, ckpt_digest = build_reference_model(cfg)
-    reference = dirs.reference_weights(model, cfg.directions.type)
+    reference = dirs.reference_weights(model, cfg.directions.resolved_type())
     target = None
     target_digest = ""
     if cfg.directions.kind == "interp":
@@ -139,7 +139,7 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
         target = load_state_dict(cfg.directions.target)
         check = build_model(cfg.model, **cfg.model_args)
         apply_state_dict(check, target, f"directions.target {cfg.directions.target!r}")
-        target = dirs.reference_weights(check, cfg.directions.type)
+        target = dirs.reference_weights(check, cfg.directions.resolved_type())
         target_digest = sha256(cfg.directions.target)
     splits = load_data(cfg)
     with torch.no_grad():
@@ -161,7 +161,9 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
         "model": cfg.model, "model_args": cfg.model_args, "checkpoint_sha256": ckpt_digest,
         "data": {"name": cfg.data.name, "split": cfg.data.split, "max_samples": cfg.data.max_samples,
                  "options": cfg.data.options, "digest": data_digest(splits)},
-        "directions": {**dataclasses.asdict(cfg.directions), "target": target_digest,
+        # The resolved type, so a random surface made before `auto` existed (type: weights) still resumes.
+        "directions": {**dataclasses.asdict(cfg.directions), "type": cfg.directions.resolved_type(),
+                       "target": target_digest,
                        "file": sha256(cfg.directions.file) if cfg.directions.file else ""},
         "grid": {"x": list(map(float, cfg.grid.x)), "y": None if cfg.grid.y is None else list(map(float, cfg.grid.y))},
     }
@@ -241,7 +243,7 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
     eng = engines.choose(cfg.engine, comm.local_rank, comm.local_size, cfg.data.batch_size, sample.dim(),
                          activation_bytes=activations)
     engines.apply_process_settings(eng)
-    reference = dirs.reference_weights(model, cfg.directions.type)
+    reference = dirs.reference_weights(model, cfg.directions.resolved_type())
     directions = [dirs.from_numpy(d) for d in plan.spec.directions]
     eng = dataclasses.replace(eng, ranks_on_device=engines.count_ranks_on_device(eng, comm))
     # Interpolation moves BatchNorm running variances geometrically (never to zero or below).

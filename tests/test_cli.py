@@ -92,7 +92,8 @@ def test_models_lists_the_zoo(capsys):
     for name in ("democnn", "resnet20", "resnet56", "resnet56_noshort", "vgg9", "densenet121", "wrn56_2"):
         assert name in names
     resnet56 = next(line for line in lines if line.split()[0] == "resnet56")
-    assert resnet56.endswith("M parameters")
+    assert "M parameters" in resnet56 and "loss-landscape layout" in resnet56 and "ResNet56" in resnet56
+    assert "loss-landscape" not in next(line for line in lines if line.split()[0] == "democnn")
     assert 0.8 < float(resnet56.split()[1]) < 0.9  # ResNet-56 has ~0.86 M parameters
 
 

@@ -336,3 +336,33 @@ def test_numpy_round_trip_and_biasbn_left_alone():
     back = D.from_numpy(D.to_numpy(d))
     assert list(back) == list(d) and all(torch.equal(back[k], d[k]) for k in d)
     assert all((not d[k].any()) == (ref[k].dim() <= 1) for k in ref)
+
+
+def test_authors_states_file_with_integer_counters_loads_and_sweeps(tmp_path):
+    """The authors' `states` direction files hold num_batches_tracked (θ′ − θ) as integer tensors; they load with
+    those entries zero and a sweep runs (it used to fail: "For integral input tensors, argument alpha must not be a
+    floating point number")."""
+    from conftest import small_config
+    from distland.sweep import run_surface
+
+    model = make_model("democnn", seed=3)
+    ref = D.reference_weights(model, "states")
+    d = D.make_random(ref, seed=4, norm="filter", ignore="biasbn", ndim=1)[0]
+    ints = [k for k, v in ref.items() if not v.is_floating_point()]
+    assert ints, "democnn has num_batches_tracked buffers"
+    for k in ints:
+        d[k] = torch.tensor(7, dtype=torch.int64)  # a counter difference, as the authors' file stores it
+    path = tmp_path / "theirs_states.h5"
+    _write_authors(path, [d])
+    with h5py.File(path, "r") as f:
+        assert f["xdirection"][str(list(ref).index(ints[0]))].dtype == np.int64
+    (loaded,) = D.load_file(path, ref, 1)
+    for k in ints:
+        assert loaded[k].dtype == torch.int64 and int(loaded[k]) == 0
+    ckpt = tmp_path / "theta.pt"
+    torch.save(model.state_dict(), ckpt)
+    out = tmp_path / "s.h5"
+    run_surface(small_config(out, f"checkpoint={ckpt}", f"directions.file={path}", "directions.type=states",
+                             "grid.x=[-0.5, 0.5, 3]", "grid.y=null"))
+    with h5py.File(out, "r") as f:
+        assert np.isfinite(np.asarray(f["train_loss"])).all() and np.asarray(f["done"]).all()

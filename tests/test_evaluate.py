@@ -212,14 +212,17 @@ def test_split_loss_matches_plain_and_batches_do_not_matter(digits_train):
 
 # --------------------------------------------------------------------------------------------- the paper's point
 def test_filter_normalization_removes_the_scale_invariance_artifact(tmp_path, digits_train):
-    """Scale conv1's weights by 10 and its BN statistics to match: the network computes the same function. The
-    filter-normalized surfaces of both checkpoints agree; the un-normalized ones do not."""
+    """Scale each of conv1's filters by its own factor and its BN statistics to match: the network computes the same
+    function. Filter-normalized surfaces of both checkpoints agree; layer-normalized (one norm per tensor, blind to
+    how the scale is spread over filters) and un-normalized ones do not."""
     original = make_model("democnn", seed=11)
     scaled = make_model("democnn", seed=11)
+    conv, bn = scaled.features[0], scaled.features[1]
+    factors = torch.linspace(2.0, 10.0, conv.out_channels)  # >= 2 keeps BN's eps negligible after scaling
     with torch.no_grad():
-        scaled.features[0].weight.mul_(10.0)
-        scaled.features[1].running_mean.mul_(10.0)
-        scaled.features[1].running_var.mul_(100.0)
+        conv.weight.mul_(factors.view(-1, 1, 1, 1))
+        bn.running_mean.mul_(factors)
+        bn.running_var.mul_(factors ** 2)
     x, y = digits_train
     with torch.no_grad():
         torch.testing.assert_close(scaled(x), original(x), rtol=1e-4, atol=1e-4)  # same function
@@ -235,12 +238,15 @@ def test_filter_normalization_removes_the_scale_invariance_artifact(tmp_path, di
             return np.asarray(f["train_loss"])
 
     fa, fb = surface("a.pt", "filter"), surface("b.pt", "filter")
+    la, lb = surface("a.pt", "layer"), surface("b.pt", "layer")
     na, nb = surface("a.pt", "none"), surface("b.pt", "none")
-    assert np.isfinite(fa).all() and np.isfinite(na).all()
+    assert np.isfinite(fa).all() and np.isfinite(la).all() and np.isfinite(na).all()
     np.testing.assert_allclose(fb, fa, rtol=1e-5, atol=1e-6)
     assert np.ptp(fa) > 1e-2  # a non-trivial surface
-    assert np.max(np.abs(nb - na)) > 1e-2
-    assert np.max(np.abs(nb - na)) > 1000 * np.max(np.abs(fb - fa))
+    filter_gap = np.max(np.abs(fb - fa))
+    for other_a, other_b in ((la, lb), (na, nb)):
+        assert np.max(np.abs(other_b - other_a)) > 1e-2
+        assert np.max(np.abs(other_b - other_a)) > 1000 * filter_gap
 
 
 # --------------------------------------------------------------------------------------------- interpolation
@@ -263,6 +269,36 @@ def test_interpolation_surface_ends_at_both_checkpoints(tmp_path, digits_train):
     for k, v in sa.items():
         want = (sb[k] - v) if v.is_floating_point() else torch.zeros_like(v)
         torch.testing.assert_close(dirs[0][k], want, rtol=0, atol=0)
+
+
+def test_interpolation_by_default_carries_batchnorm_statistics_to_the_target(tmp_path, digits_train):
+    """With no directions.type given, α = 1 is θ′ itself (its running statistics included), not θ′'s weights with
+    θ*'s statistics; a random surface of the same config still moves parameters only."""
+    a = save_checkpoint(tmp_path / "a.pt", seed=1)
+    b = save_checkpoint(tmp_path / "b.pt", seed=2)
+    out = tmp_path / "interp.h5"
+    cfg = small_config(out, f"checkpoint={a}", "directions.kind=interp", f"directions.target={b}",
+                       "grid.x=[0, 1, 2]", "grid.y=null")
+    assert cfg.directions.type == "auto" and cfg.directions.resolved_type() == "states"
+    run_surface(cfg)
+    dirs, _, _, arrays, attrs = _stored(out)
+    assert "features.1.running_var" in dirs[0]
+    x, y = digits_train
+    model = DemoCNN()
+    model.load_state_dict(torch.load(b, weights_only=True))
+    assert arrays["train_loss"][1] == pytest.approx(plain_loss(model, x, y)[0], rel=1e-5)
+    assert json.loads(attrs["identity"])["directions"]["type"] == "states"   # what was used, not "auto"
+    assert small_config(tmp_path / "r.h5").directions.resolved_type() == "weights"
+
+
+def test_random_surface_identity_still_says_weights(tmp_path):
+    """A random surface written before `type: auto` existed (identity type 'weights') must still resume."""
+    out = tmp_path / "r.h5"
+    run_surface(small_config(out, "directions.type=weights", "grid.x=[-1, 1, 2]", "grid.y=null"))
+    with h5py.File(out, "r") as f:
+        identity = json.loads(f.attrs["identity"])
+    assert identity["directions"]["type"] == "weights"
+    run_surface(small_config(out, "grid.x=[-1, 1, 2]", "grid.y=null"))  # default auto: resumes, no error
 
 
 # --------------------------------------------------------------------------------------------- whole-job properties
@@ -388,3 +424,64 @@ def test_precision_check_is_empty_for_float32():
     x, y = torch.randn(20, 1, 8, 8), torch.randint(0, 10, (20,))
     ev = SurfaceEvaluator(model, ref, dirs, {"train": (x, y)}, Engine())
     assert ev.precision_check([(0.0, 0.0)]) == {}
+
+
+class _SharedConv(nn.Module):
+    """One conv module called at two places, each call followed by its own BatchNorm: not foldable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn_a = nn.BatchNorm2d(4)
+        self.bn_b = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn_a(self.conv(x))) + torch.relu(self.bn_b(self.conv(x)))
+        h = torch.relu(self.bn2(self.conv2(h)))
+        return self.fc(h.mean((2, 3)))
+
+
+def _shared_conv_model() -> nn.Module:
+    torch.manual_seed(3)
+    model = _SharedConv()
+    for bn in (model.bn_a, model.bn_b, model.bn2):  # distinct, non-trivial statistics per BN
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.3, 3.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_a_conv_called_twice_is_not_folded(digits_train):
+    model = _shared_conv_model()
+    ref = D.reference_weights(model, "weights")
+    dirs = D.make_random(ref, seed=2, norm="filter", ignore="biasbn", ndim=1)
+    _, pairs = find_conv_bn_pairs(model)
+    assert pairs == [("conv2", "bn2")]  # only the conv called once, feeding only its BN
+    splits = {"train": digits_train}
+    plain = SurfaceEvaluator(model, ref, dirs, splits, Engine(device="cpu", batch_size=64, fold_bn=False))
+    folded = SurfaceEvaluator(model, ref, dirs, splits, Engine(device="cpu", batch_size=64, fold_bn=True))
+    assert folded.engine.fold_bn is True
+    for c in (0.0, 0.5):
+        assert folded.evaluate((c,))["train_loss"] == pytest.approx(plain.evaluate((c,))["train_loss"], rel=1e-5)
+
+
+def test_an_inexact_fold_is_caught_at_theta_and_runs_unfolded(digits_train, monkeypatch):
+    import distland.fold as E
+
+    model = _shared_conv_model()
+    ref = D.reference_weights(model, "weights")
+    dirs = D.make_random(ref, seed=2, norm="filter", ignore="biasbn", ndim=1)
+    # A pair finder that (wrongly) folds both BNs into the shared conv, as the per-call check used to.
+    real = E.find_conv_bn_pairs
+    monkeypatch.setattr(E, "find_conv_bn_pairs",
+                        lambda m: (real(m)[0], [("conv", "bn_a"), ("conv", "bn_b"), ("conv2", "bn2")]))
+    splits = {"train": digits_train}
+    plain = SurfaceEvaluator(model, ref, dirs, splits, Engine(device="cpu", batch_size=64, fold_bn=False))
+    with pytest.warns(UserWarning, match="folding changed"):
+        ev = SurfaceEvaluator(model, ref, dirs, splits, Engine(device="cpu", batch_size=64, fold_bn=True))
+    assert ev.engine.fold_bn is False
+    assert any(isinstance(m, nn.BatchNorm2d) for m in ev.model.modules())
+    assert ev.evaluate((0.3,))["train_loss"] == pytest.approx(plain.evaluate((0.3,))["train_loss"], rel=1e-6)

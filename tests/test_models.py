@@ -16,6 +16,11 @@ ZOO = [
     "wrn56_2", "wrn56_4", "wrn56_8", "wrn56_2_noshort", "wrn56_4_noshort", "wrn56_8_noshort",
     "vgg9", "densenet121",
 ]
+# The rest of the authors' loss-landscape models (tests/test_authors_models.py checks their layout).
+AUTHORS_EXTRA = [
+    "resnet32_noshort", "resnet44_noshort", "resnet50_16_noshort", "wrn110_2_noshort", "wrn110_4_noshort",
+    "vgg16", "vgg19", *[f"resnet{d}{s}" for d in (18, 34, 50, 101, 152) for s in ("", "_noshort")],
+]
 ZOO_MODULES = ("distland.models.resnet", "distland.models.vgg", "distland.models.densenet")
 
 
@@ -72,10 +77,10 @@ EXPECTED_PARAMS: Dict[str, int] = {
     "wrn56_2_noshort": 3_401_770,
     "wrn56_4_noshort": 13_586_506,
     "wrn56_8_noshort": 54_304_906,
-    # VGG-9: conv weights 9·(3·64 + 64·64 + 64·128 + 128·128 + 128·256 + 2·256·256) = 1,734,336,
-    #        7 BNs 2·(2·64 + 2·128 + 3·256) = 2,304, FC 4096·256 = 1,048,576 (no bias: BN follows) + BN 512,
-    #        classifier 256·10 + 10 = 2,570 → 2,788,298
-    "vgg9": 2_788_298,
+    # VGG-9: conv weights 9·(3·64 + 64·64 + 64·128 + 128·128 + 128·256 + 2·256·256) = 1,734,336 + biases 1,152
+    #        (the authors' convs carry them), 7 BNs 2·(2·64 + 2·128 + 3·256) = 2,304, FC 4096·256 + 256 = 1,048,832
+    #        + BN 512, classifier 256·10 + 10 = 2,570 → 2,789,706
+    "vgg9": 2_789_706,
     # DenseNet-121 (CIFAR, growth 32, compression 0.5): published ≈ 7.0 M
     "densenet121": 6_956_298,
 }
@@ -86,7 +91,33 @@ def test_zoo_is_complete() -> None:
     zoo = available()
     assert set(ZOO) <= set(zoo)
     ours = {name for name, fn in zoo.items() if fn.__module__ in ZOO_MODULES}
-    assert ours == set(ZOO), "a zoo model is registered but not covered by these tests"
+    assert ours == set(ZOO) | set(AUTHORS_EXTRA), "a zoo model is registered but not covered by these tests"
+
+
+# Published CIFAR-10 counts of the "ImageNet-layout" ResNets (3×3 stem, no max-pool, 10 classes), and the
+# depth-6n+2 arithmetic for the other CIFAR nets.
+EXTRA_PARAMS: Dict[str, int] = {"resnet18": 11_173_962, "resnet34": 21_282_122, "resnet50": 23_520_842,
+                                "resnet101": 42_512_970, "resnet152": 58_156_618,
+                                "resnet32_noshort": resnet_params(32, shortcut=False),
+                                "resnet44_noshort": resnet_params(44, shortcut=False),
+                                "resnet50_16_noshort": resnet_params(50, shortcut=False),
+                                "wrn110_2_noshort": resnet_params(110, 2, shortcut=False),
+                                "wrn110_4_noshort": resnet_params(110, 4, shortcut=False)}
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA_PARAMS))
+def test_parameter_count_of_the_other_authors_models(name: str) -> None:
+    with torch.device("meta"):
+        assert count_parameters(build_model(name)) == EXTRA_PARAMS[name]
+
+
+def test_names_are_case_insensitive_and_aliases_resolve() -> None:
+    from distland.models import aliases_of, resolve
+
+    assert resolve("ResNet56") == "resnet56" and resolve("WRN56_2_noshort") == "wrn56_2_noshort"
+    assert resolve("VGG9") == "vgg9" and resolve("DenseNet121") == "densenet121"
+    assert "ResNet50_16_noshort" in aliases_of("resnet50_16_noshort")
+    assert type(build_model("ResNet20")) is type(build_model("resnet20"))
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -190,10 +221,10 @@ def _fold_sibling_conv_bn(model: nn.Module) -> int:
         for (_, conv), (bn_name, bn) in zip(children, children[1:]):
             if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
                 continue
-            assert conv.bias is None, "a conv followed by BN should not carry a redundant bias"
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             conv.weight.data.mul_(scale.view(-1, 1, 1, 1))
-            conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.bias)  # VGG's convs carry one
+            conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
             setattr(parent, bn_name, nn.Identity())
             pairs += 1
     return pairs

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distland.analysis.sharpness import (axis_width, center_loss, fit_quadratic, format_report, lmc_barrier,
-                                         read_report, sharpness_report, store_report)
+                                         lmc_error_barrier, read_report, sharpness_report, store_report)
 
 
 def surface(x, y, fn, kind="random", done=None):
@@ -203,3 +203,25 @@ def test_store_read_and_format(tmp_path):
     assert "H_xx" in text and "basin" in text and "train_loss" in text
     with pytest.raises(KeyError, match="test_acc"):
         sharpness_report(data, metric="test_acc")
+
+
+def test_error_barrier_of_frankle_et_al():
+    """E(α) = 100 − accuracy: the barrier is max E(α) − ½[E(0) + E(1)] over α ∈ [0, 1] (Frankle et al. 2020), reported
+    beside the loss barrier for interpolation surfaces that hold the accuracy."""
+    alpha = np.linspace(-0.5, 1.5, 41)
+    inside = (alpha >= 0) & (alpha <= 1)
+    error = 8 + 4 * alpha + 30 * np.sin(np.pi * alpha) * inside   # E(0) = 8, E(1) = 12, peak near α = 0.5
+    r = lmc_error_barrier(alpha, 100 - error)
+    peak = np.argmax(np.where(inside, error, -np.inf))
+    assert (r["error_barrier_0"], r["error_barrier_1"]) == pytest.approx((8.0, 12.0))
+    assert r["error_barrier"] == pytest.approx(error[peak] - 10.0) and r["error_barrier_alpha"] == alpha[peak]
+    # No bump: the worse end sets it, ½|E(0) − E(1)|, unlike the loss barrier above the chord (0 here).
+    flat = lmc_error_barrier(alpha, 100 - (8 + 4 * alpha))
+    assert flat["error_barrier"] == pytest.approx(2.0) and flat["error_barrier_alpha"] == 1.0
+    data = surface(alpha, None, lambda a: 1 + a, kind="interp")
+    data.metrics["train_acc"] = 100 - error
+    report = sharpness_report(data)
+    assert report["error_barrier"] == pytest.approx(r["error_barrier"]) and report["barrier"] == pytest.approx(0.0)
+    text = format_report(report)
+    assert "Frankle et al. 2020" in text and "Entezari et al. 2022" in text
+    assert "error_barrier" not in sharpness_report(surface(alpha, None, lambda a: 1 + a, kind="random"))

@@ -58,7 +58,7 @@ def test_recovers_the_plane(tmp_path):
     C = path_coords()
     epochs = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 20, 100, 150]   # numeric, not lexical, order
     final, keys, basis = make_run(tmp_path, C, noise=1e-4, epochs=epochs)
-    traj = tr.compute(str(tmp_path / "ckpt_*.pt"), str(final), lr_drops=[10, 100])
+    traj = tr.compute(str(tmp_path / "ckpt_*.pt"), str(final), ignore="biasbn", center=False, lr_drops=[10, 100])
     assert traj.labels == epochs
     V = np.stack([np.concatenate([traj.directions[a][k].reshape(-1) for k in keys]) for a in "xy"], axis=1)
     assert np.allclose(V.T @ V, np.eye(2), atol=1e-6)
@@ -82,7 +82,7 @@ def test_cli_writes_a_direction_file(tmp_path, capsys):
     out = tmp_path / "traj.h5"
     args = parser.parse_args(["trajectory", str(tmp_path), "--final", str(final), "--out", str(out),
                               "--model", "mlp", "--model-args", "{in_features: 8, hidden: 6, num_classes: 3}",
-                              "--lr-drops", "3,6"])
+                              "--lr-drops", "3,6", "--ignore", "biasbn"])
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "explained variance" in text and "directions.file=" + str(out) in text and "distland surface" in text
@@ -108,14 +108,15 @@ def test_line_trajectory_has_no_second_variance(tmp_path):
     final, keys, basis = make_run(tmp_path, np.stack([2 * t, 0 * t], axis=1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # no division by zero, no invalid values
-        traj = tr.compute(str(tmp_path / "ckpt_*.pt"), str(final))
+        traj = tr.compute(str(tmp_path / "ckpt_*.pt"), str(final), ignore="biasbn", center=False)
     assert traj.pca.ratio[0] == pytest.approx(1.0) and traj.pca.ratio[1] == 0.0 and traj.pca.random_axes == [1]
     V = np.stack([np.concatenate([traj.directions[a][k].reshape(-1) for k in keys]) for a in "xy"], axis=1)
     assert np.isfinite(V).all() and np.allclose(V.T @ V, np.eye(2), atol=1e-6)
     assert abs(V[:, 0] @ basis[:, 0]) == pytest.approx(1.0, abs=1e-6)
     assert np.allclose(traj.coords[:, 1], 0, atol=1e-6) and np.allclose(traj.coords[:, 0], 2 * t, atol=1e-6)
     assert "random" in tr.summary(traj, "traj.h5")
-    spilled = tr.compute(str(tmp_path / "ckpt_*.pt"), str(final), memory_limit=0, tmpdir=str(tmp_path))
+    spilled = tr.compute(str(tmp_path / "ckpt_*.pt"), str(final), ignore="biasbn", center=False, memory_limit=0,
+                         tmpdir=str(tmp_path))
     assert np.allclose(spilled.coords, traj.coords) and list(tmp_path.glob("tmp*")) == []   # memmap, cleaned up
 
 
@@ -156,7 +157,7 @@ def test_states_with_batchnorm(tmp_path):
     assert traj.skipped == [str(tmp_path / "final.pt")]
     assert not traj.directions["x"]["features.1.num_batches_tracked"].any()
     assert traj.directions["x"]["features.1.running_mean"].any()   # 1-D floats take part under ignore=none
-    biasbn = tr.compute(str(tmp_path / "model_*.pt"), str(tmp_path / "final.pt"), kind="states")
+    biasbn = tr.compute(str(tmp_path / "model_*.pt"), str(tmp_path / "final.pt"), kind="states", ignore="biasbn")
     assert not biasbn.directions["x"]["features.1.running_mean"].any()
     weights = tr.compute(str(tmp_path / "model_*.pt"), str(tmp_path / "final.pt"))   # no model: told by name
     assert list(weights.directions["x"]) == [k for k, _ in model.named_parameters()]
@@ -181,10 +182,38 @@ def test_clear_errors(tmp_path):
     (tmp_path / "ckpt_9.pt").unlink()
     torch.save(torch.load(final), tmp_path / "same_1.pt")
     with pytest.raises(ValueError, match="all checkpoints equal the final one"):
-        tr.compute(str(tmp_path / "same_1.pt"), str(final))
+        tr.compute(str(tmp_path / "same_1.pt"), str(final), center=False)
+    with pytest.raises(ValueError, match="every offset equals the mean offset"):
+        tr.compute(str(tmp_path / "same_1.pt"), str(final))   # centered: one checkpoint has no spread
     with pytest.raises(CheckpointError, match="does not match the model"):
         tr.compute(str(tmp_path / "ckpt_*.pt"), str(final), model=build_model("democnn", width=2))
     parser = argparse.ArgumentParser()
     tr.add_subcommand(parser.add_subparsers())
     args = parser.parse_args(["trajectory", str(tmp_path / "none_*.pt"), "--final", str(final)])
     assert args.func(args) == 2
+
+
+def test_defaults_match_the_authors_sklearn_pca(tmp_path, capsys):
+    """The authors' plot_trajectory.py: scikit-learn PCA (centered) of the offsets, 1-D tensors included (its
+    --ignore is empty by default); coordinates are the raw offsets projected on the components."""
+    from sklearn.decomposition import PCA as SkPCA
+
+    final, _, _ = make_run(tmp_path, path_coords(9), noise=1e-3)
+    traj = tr.compute(str(tmp_path / "ckpt_*.pt"), str(final))
+    assert traj.center and traj.ignore == "none"
+    ref = torch.load(final, weights_only=True)
+    keys = list(ref)   # biases included
+    rows = []
+    for e in range(1, 10):
+        state = torch.load(tmp_path / f"ckpt_{e}.pt", weights_only=True)
+        rows.append(np.concatenate([(state[k] - ref[k]).double().reshape(-1).numpy() for k in keys]))
+    D = np.stack(rows)
+    sk = SkPCA(n_components=2).fit(D)
+    assert traj.pca.ratio == pytest.approx(sk.explained_variance_ratio_, rel=1e-6)
+    V = np.stack([np.concatenate([traj.directions[a][k].reshape(-1) for k in keys]) for a in "xy"])
+    assert np.abs(np.abs(V @ sk.components_.T) - np.eye(2)).max() < 1e-5   # same axes up to sign
+    np.testing.assert_allclose(np.abs(traj.coords), np.abs(D @ sk.components_.T), atol=1e-5)
+    assert "centered, as the authors" in tr.summary(traj, "t.h5")
+    uncentered = tr.compute(str(tmp_path / "ckpt_*.pt"), str(final), center=False)
+    assert not np.allclose(uncentered.pca.ratio, sk.explained_variance_ratio_, rtol=1e-3)
+    assert "uncentered, not comparable" in tr.summary(uncentered, "t.h5")

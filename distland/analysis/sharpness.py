@@ -34,7 +34,14 @@ counted (``n_valid``, ``n_diverged``, ``n_pending``).
   touches the grid edge or a pending point.
 - **Barrier** (1-D interpolation surfaces, ``config.directions.kind == "interp"``): with L(0), L(1) read or linearly
   interpolated at α = 0 and 1, barrier = max over α ∈ [0, 1] of L(α) − [(1 − α)L(0) + αL(1)] over valid grid points
-  and both ends (so it is ≥ 0); ``barrier_alpha`` is where. A diverged point in [0, 1] makes it inf.
+  and both ends (so it is ≥ 0); ``barrier_alpha`` is where. A diverged point in [0, 1] makes it inf. This is the
+  loss barrier of Entezari et al. 2022 ("The Role of Permutation Invariance in Linear Mode Connectivity of Neural
+  Networks", ICLR), measured above the chord between the end points.
+- **Error barrier** (the same surfaces, when the metric has an accuracy companion, ``train_loss`` → ``train_acc``):
+  Frankle et al. 2020 ("Linear Mode Connectivity and the Lottery Ticket Hypothesis", ICML): with the error
+  E = 100 − accuracy (percent), error_barrier = max over α ∈ [0, 1] of E(α) − ½[E(0) + E(1)], measured above the
+  mean of the end points' errors (so it is ≥ ½|E(0) − E(1)|); ``error_barrier_alpha`` is where. Two networks are
+  linearly mode-connected in their sense when it is within noise (they use 2 percentage points).
 """
 from __future__ import annotations
 
@@ -284,6 +291,28 @@ def lmc_barrier(alpha: np.ndarray, values: np.ndarray, done: Optional[np.ndarray
     return out
 
 
+def lmc_error_barrier(alpha: np.ndarray, accuracy: np.ndarray, done: Optional[np.ndarray] = None) -> Report:
+    """Frankle et al. (2020)'s error barrier max_{α∈[0,1]} E(α) − ½[E(0) + E(1)] with E = 100 − accuracy (%)."""
+    alpha = np.asarray(alpha, dtype=np.float64)
+    error = 100.0 - np.asarray(accuracy, dtype=np.float64)
+    valid, _, pending = classify(error, done)
+    e0 = _interpolate([alpha], error, valid, (0.0,))
+    e1 = _interpolate([alpha], error, valid, (1.0,))
+    tol = _tol(alpha)
+    on_path = (alpha >= -tol) & (alpha <= 1 + tol) & valid
+    out: Report = {"error_barrier": math.nan, "error_barrier_alpha": math.nan, "error_barrier_0": e0,
+                   "error_barrier_1": e1, "error_barrier_excluded": float((pending & (alpha >= -tol)
+                                                                           & (alpha <= 1 + tol)).sum())}
+    if math.isnan(e0) or math.isnan(e1):
+        return out
+    # Both ends take part (read or interpolated there), so the barrier is never below ½|E(0) − E(1)|.
+    a = np.concatenate([[0.0, 1.0], alpha[on_path]])
+    e = np.concatenate([[e0, e1], error[on_path]])
+    k = int(np.argmax(e))
+    out.update(error_barrier=float(e[k] - 0.5 * (e0 + e1)), error_barrier_alpha=float(a[k]))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- the report
 def sharpness_report(data: Any, metric: str = "train_loss", radius: float = 0.25, threshold: float = 0.1,
                      fit_radius: Optional[float] = None) -> Report:
@@ -317,6 +346,10 @@ def sharpness_report(data: Any, metric: str = "train_loss", radius: float = 0.25
             report.update(basin_region(x, y, values, done, c, loss_c, threshold))
     if y is None and _kind(data) == "interp":
         report.update(lmc_barrier(x, values, done))
+        acc = f"{metric[:-len('_loss')]}_acc" if metric.endswith("_loss") else ""
+        if acc in data.metrics:
+            report.update(lmc_error_barrier(x, np.asarray(data.metrics[acc], dtype=np.float64).reshape(shape),
+                                            done))
     return report
 
 
@@ -407,5 +440,10 @@ def format_report(report: Report, metric: str = "") -> str:
                      f"equivalent radius {g('basin_radius')}{flag('basin_open', 'lower bound: touches the edge')}")
     if "barrier" in report:
         lines.append(f"  barrier     {g('barrier')} at α = {g('barrier_alpha')} "
-                     f"(L(0) = {g('barrier_loss_0')}, L(1) = {g('barrier_loss_1')})")
+                     f"(L(0) = {g('barrier_loss_0')}, L(1) = {g('barrier_loss_1')}; "
+                     "loss above the chord, Entezari et al. 2022)")
+    if "error_barrier" in report:
+        lines.append(f"  error barrier {g('error_barrier')} points at α = {g('error_barrier_alpha')} "
+                     f"(E(0) = {g('error_barrier_0')}%, E(1) = {g('error_barrier_1')}%; error above the ends' mean, "
+                     "Frankle et al. 2020)")
     return "\n".join(lines)

@@ -1,20 +1,22 @@
 """PCA directions of an optimization trajectory (Li et al. 2018, §7), for plotting the path on a loss surface.
 
 With checkpoints θ_1 … θ_K (sorted by epoch) and the final weights θ_n, the offsets d_k = θ_k − θ_n are flattened
-over the chosen tensors into the rows of D (K × P). Under ``ignore: biasbn`` 1-D tensors (biases, BatchNorm) are
-left out, as in the paper; integer buffers always are. Their entries in the directions are zero.
+over the chosen tensors into the rows of D (K × P). By default every floating-point tensor takes part, 1-D ones
+(biases, BatchNorm) included, as in the authors' ``plot_trajectory.py`` (its ``--ignore`` is empty unless given);
+under ``ignore: biasbn`` 1-D tensors are left out. Integer buffers always are. Left-out entries are zero in the
+directions.
 
 PCA without a dense SVD: the K × K Gram matrix G = D Dᵀ is accumulated over column blocks of D, eigendecomposed in
 float64 (G u_i = λ_i u_i, λ_1 ≥ λ_2 ≥ …), and the directions are v_i = Dᵀ u_i / √λ_i (unit vectors: ‖Dᵀu‖² = uᵀGu
 = λ), built block by block so each P-sized vector is made once. ``explained_variance_ratio`` = λ_i / tr(G).
 
-Centering. Default: no centering, i.e. the SVD of the offsets themselves. The surface is drawn on the plane through
-θ_n spanned by the two directions, so the useful directions are those of the subspace through θ_n that best holds
-the offsets (minimizing Σ‖d_k − proj d_k‖²), which is exactly the uncentered SVD, and it is what §7 writes: PCA of
-the matrix [θ_0 − θ_n; …; θ_{n−1} − θ_n]. ``--center`` subtracts the mean offset first (G ← C G C with
-C = I − 11ᵀ/K, as a centering PCA library would); it then fits the best plane through the trajectory's mean, which
-the surface does not pass through, and the ratios are relative to the centered total. Either way the eigenvectors
-with λ > 0 of the centered G are orthogonal to 1, so v = Dᵀu / √λ needs no centered copy of D.
+Centering. Default: centered, as the authors' tool (scikit-learn's ``PCA``, which subtracts the mean offset):
+G ← C G C with C = I − 11ᵀ/K, and the explained-variance ratios are relative to the centered total, so they are
+comparable with the paper's. ``--no-center`` gives the SVD of the offsets themselves: the subspace through θ_n that
+best holds the offsets (minimizing Σ‖d_k − proj d_k‖²), the literal reading of §7's "PCA of the matrix
+[θ_0 − θ_n; …; θ_{n−1} − θ_n]"; its ratios are relative to Σ‖d_k‖² and not comparable with the authors'. Either way
+the eigenvectors with λ > 0 of the centered G are orthogonal to 1, so v = Dᵀu / √λ needs no centered copy of D, and
+the path's coordinates are those of the raw offsets (the authors project them the same way).
 
 A component with λ_i ≤ 1e-10 · λ_1 (the path is a line, or K < 2) has no direction of its own: it is filled with
 a seeded random unit vector orthogonal to the earlier ones, its ratio is 0 and ``random_axes`` names it, so a 2-D
@@ -206,7 +208,7 @@ class Trajectory:
     skipped: List[str] = field(default_factory=list)
 
 
-def compute(spec: str, final: str, kind: str = "weights", ignore: str = "biasbn", center: bool = False,
+def compute(spec: str, final: str, kind: str = "weights", ignore: str = "none", center: bool = True,
             model: Optional[torch.nn.Module] = None, model_name: str = "", lr_drops: Sequence[int] = (),
             memory_limit: int = 4 << 30, tmpdir: Optional[str] = None) -> Trajectory:
     """Load the checkpoints at ``spec`` one by one and compute the PCA directions and coordinates."""
@@ -317,10 +319,13 @@ def add_subcommand(subparsers: "argparse._SubParsersAction") -> argparse.Argumen
     p.add_argument("--model-args", default="", metavar="YAML", help="keyword arguments for --model, e.g. '{width: 8}'")
     p.add_argument("--type", default="weights", choices=("weights", "states"),
                    help="weights: parameters only; states: the whole state_dict incl. BatchNorm statistics")
-    p.add_argument("--ignore", default="biasbn", choices=("biasbn", "none"),
-                   help="biasbn (default, as the paper): leave 1-D tensors out of the PCA")
-    p.add_argument("--center", action="store_true",
-                   help="subtract the mean offset before PCA (default: PCA of the raw offsets, as in §7)")
+    p.add_argument("--ignore", default="none", choices=("biasbn", "none"),
+                   help="none (default, as the authors' plot_trajectory.py): every float tensor takes part; "
+                        "biasbn: leave 1-D tensors (biases, BatchNorm) out of the PCA")
+    p.add_argument("--center", action=argparse.BooleanOptionalAction, default=True,
+                   help="subtract the mean offset before PCA, as the authors' tool (scikit-learn PCA) does "
+                        "(default); --no-center: PCA of the raw offsets, whose explained-variance ratios are not "
+                        "comparable with the paper's")
     p.add_argument("--lr-drops", default="", metavar="EPOCHS", help="comma-separated epochs, e.g. 150,225")
     p.add_argument("--tmpdir", default=None, help="where to put the offsets matrix when it exceeds memory")
     p.set_defaults(func=run_cli)
@@ -356,14 +361,20 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pca_kind(traj: Trajectory) -> str:
+    # Said next to every explained-variance number: only centered ratios compare with the authors' (and paper's).
+    return "centered, as the authors" if traj.center else "uncentered, not comparable with the authors'"
+
+
 def summary(traj: Trajectory, out: str) -> str:
     """What was computed, where it went, and how to draw the surface around it."""
     r = traj.pca.ratio
     lines = [f"trajectory: {len(traj.labels)} checkpoints (epochs {traj.labels[0]}…{traj.labels[-1]}), "
-             f"type {traj.kind}, ignore {traj.ignore}, {'centered' if traj.center else 'uncentered'} PCA"]
+             f"type {traj.kind}, ignore {traj.ignore}, {_pca_kind(traj)} PCA"]
     if traj.skipped:
         lines.append(f"  skipped {len(traj.skipped)} file(s) without an epoch number: {traj.skipped[:3]}")
-    lines.append(f"explained variance: x {100 * r[0]:.2f}%, y {100 * r[1]:.2f}% (together {100 * r.sum():.2f}%)")
+    lines.append(f"explained variance ({_pca_kind(traj)}): x {100 * r[0]:.2f}%, y {100 * r[1]:.2f}% "
+                 f"(together {100 * r.sum():.2f}%)")
     if traj.pca.random_axes:
         lines.append("  the path has no variance left for " + " and ".join("xy"[i] for i in traj.pca.random_axes)
                      + ": filled with a random orthogonal unit direction (a 1-D surface may suit better)")

@@ -2,27 +2,44 @@
 
 A model knows nothing of files, processes or MPI. :func:`build_model` resolves either a registered zoo name or a
 plug-in spec ``"package.module:function"`` (imported by name; the current directory is importable).
+
+Models registered with ``authors=True`` are state_dict-compatible with the paper authors' ``loss-landscape`` code
+(``cifar10/models``, names as in its ``cifar10/model_loader.py``): their checkpoints load as they are. Names are
+matched case-insensitively, so the authors' factory names (``ResNet56``, ``WRN56_2``, ``VGG9``, ``DenseNet121``)
+work too; other spellings are registered as aliases.
 """
 from __future__ import annotations
 
 import importlib
 import os
 import sys
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Sequence, Set
 
 from torch import nn
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
+_ALIASES: Dict[str, str] = {}     # lower-case alias -> registered name
+_SPELLED: Dict[str, List[str]] = {}   # registered name -> its aliases as written
+_AUTHORS: Set[str] = set()        # names whose state_dict matches the authors' loss-landscape models
 _LOADED = False
 
 
-def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator that adds a model factory to the zoo under ``name``."""
+def register(name: str, aliases: Sequence[str] = (), authors: bool = False
+             ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that adds a model factory to the zoo under ``name`` (and ``aliases``); ``authors`` marks a model
+    whose state_dict keys, shapes and forward function are those of the authors' model of the same name."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = fn
+        for alias in aliases:
+            if _ALIASES.get(alias.lower(), name) != name:
+                raise ValueError(f"model alias {alias!r} is registered twice")
+            _ALIASES[alias.lower()] = name
+            _SPELLED.setdefault(name, []).append(alias)
+        if authors:
+            _AUTHORS.add(name)
         return fn
 
     return wrap
@@ -42,6 +59,33 @@ def available() -> Dict[str, Callable[..., nn.Module]]:
     """All registered zoo names mapped to their factories, sorted by name."""
     _load_zoo()
     return dict(sorted(_REGISTRY.items()))
+
+
+def resolve(name: str) -> str:
+    """The registered name for ``name``: itself, an alias, or a case-insensitive match (``ResNet56``)."""
+    zoo = available()
+    if name in zoo:
+        return name
+    lower = {n.lower(): n for n in zoo}
+    key = name.lower()
+    if key in lower:
+        return lower[key]
+    if key in _ALIASES:
+        return _ALIASES[key]
+    raise ValueError(f"unknown model {name!r}; valid names: {', '.join(zoo)} "
+                     "(or a plug-in 'package.module:function')")
+
+
+def aliases_of(name: str) -> List[str]:
+    """The registered aliases of zoo model ``name``."""
+    available()
+    return list(_SPELLED.get(name, []))
+
+
+def authors_layout(name: str) -> bool:
+    """Whether zoo model ``name`` loads the authors' loss-landscape checkpoints as they are."""
+    available()
+    return name in _AUTHORS
 
 
 def import_object(spec: str, what: str) -> Callable:
@@ -68,11 +112,7 @@ def build_model(name: str, **kwargs) -> nn.Module:
     if ":" in name:
         model = import_object(name, "model")(**kwargs)
     else:
-        zoo = available()
-        if name not in zoo:
-            raise ValueError(f"unknown model {name!r}; valid names: {', '.join(zoo)} "
-                             "(or a plug-in 'package.module:function')")
-        model = zoo[name](**kwargs)
+        model = available()[resolve(name)](**kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

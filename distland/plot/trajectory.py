@@ -20,13 +20,14 @@ class Trajectory:
     lr_drops: np.ndarray                 # epochs at which the learning rate dropped (may be empty)
     explained_variance: Optional[np.ndarray] = None   # (2,) ratios in [0, 1]
     path: str = ""
+    centered: bool = True   # False: uncentered PCA, whose ratios are not comparable with the authors'
 
     def axis_label(self, k: int) -> str:
         """``"PC1: 84.1%"`` when the explained variance is known, else ``"PC1"``."""
         if self.explained_variance is None or len(self.explained_variance) <= k \
                 or not np.isfinite(self.explained_variance[k]):
             return f"PC{k + 1}"
-        return f"PC{k + 1}: {100.0 * float(self.explained_variance[k]):.1f}%"
+        return f"PC{k + 1}: {100.0 * float(self.explained_variance[k]):.1f}%{'' if self.centered else ' (uncentered)'}"
 
 
 def read_trajectory(path: str) -> Trajectory:
@@ -43,13 +44,14 @@ def read_trajectory(path: str) -> Trajectory:
             labels = np.asarray(f["trajectory/labels"][()]) if "trajectory/labels" in f else np.arange(len(coords))
             drops = np.asarray(f["trajectory/lr_drops"][()]) if "trajectory/lr_drops" in f else np.zeros(0, int)
             evr = f.attrs.get("explained_variance_ratio")
+            centered = bool(f.attrs.get("centered", True))
     except OSError as e:
         raise PlotError(f"{path} is not a trajectory file: {e}") from e
     if coords.ndim != 2 or coords.shape[1] != 2 or len(labels) != len(coords):
         raise PlotError(f"{path}: trajectory/coords must be (K, 2) with K labels, got {coords.shape} and "
                         f"{len(labels)} labels")
     return Trajectory(coords, labels.astype(int), np.atleast_1d(drops).astype(int),
-                      None if evr is None else np.asarray(evr, dtype=np.float64), path)
+                      None if evr is None else np.asarray(evr, dtype=np.float64), path, centered)
 
 
 def check_trajectory_plane(surface_path: str, trajectory_path: str) -> None:
