@@ -1,18 +1,20 @@
 """Orchestration of one surface job: prepare on rank 0, open the file, evaluate the grid, summarize.
 
 The steps, in the order every rank runs them:
-1. ``prepare`` (rank 0 only, via :meth:`Comm.on_root`): lock the output, validate config, model, checkpoint,
-   data and directions, and decide create / resume — any problem is one clean error on every rank.
+1. ``prepare`` (rank 0 only, via :meth:`Comm.on_root`): validate config, model, checkpoint, data, directions and
+   resources (:mod:`distland.checks`), and decide create / resume — any problem is one clean error on every rank,
+   with nothing written; only then is the output's directory made and its lock taken.
 2. Every rank builds the model, loads θ* and the data, and picks its device and engine.
 3. The file is opened (collectively with ``mpio``; by rank 0 alone when h5py has no MPI).
 4. :func:`distland.schedule.run` evaluates the unfinished points; each unit is written as soon as it is done.
-5. Rank 0 closes, re-reads the file and prints a one-screen summary.
+5. Rank 0 closes, re-reads the file, records the run's attributes (one atomic update) and prints a summary.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from . import checks
 from . import directions as dirs
 from . import engine as engines
 from . import schedule
@@ -34,7 +37,7 @@ from .evaluate import SurfaceEvaluator
 from .grid import Grid
 from .models import build_model
 from .surface import (JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing, h5py_has_mpi, metric_names,
-                      set_attrs)
+                      remove_temporary, set_attrs)
 
 INIT_SEED = 0  # without a checkpoint θ* is the model's initialisation under this seed, identical on every rank
 
@@ -92,7 +95,7 @@ class Summary:
 def build_reference_model(cfg: Config) -> Tuple[torch.nn.Module, str]:
     """The model with θ* loaded (checkpoint or seeded initialisation) and the checkpoint's SHA-256."""
     torch.manual_seed(INIT_SEED)
-    model = build_model(cfg.model, **cfg.model_args)
+    model = build_model(cfg.model, allow=cfg.plugins, **cfg.model_args)
     if cfg.checkpoint:
         apply_state_dict(model, load_state_dict(cfg.checkpoint), f"checkpoint {cfg.checkpoint!r}")
         digest = sha256(cfg.checkpoint)
@@ -105,7 +108,7 @@ def load_data(cfg: Config) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
     opts = dict(cfg.data.options)
     if cfg.data.root:
         opts["root"] = cfg.data.root
-    return {s: load_split(cfg.data.name, s, cfg.data.max_samples, **opts) for s in cfg.splits}
+    return {s: load_split(cfg.data.name, s, cfg.data.max_samples, allow=cfg.plugins, **opts) for s in cfg.splits}
 
 
 def data_digest(splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]) -> str:
@@ -149,21 +152,13 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
     target_digest = ""
     if cfg.directions.kind == "interp":
         target = load_state_dict(cfg.directions.target)
-        check = build_model(cfg.model, **cfg.model_args)
+        check = build_model(cfg.model, allow=cfg.plugins, **cfg.model_args)
         apply_state_dict(check, target, f"directions.target {cfg.directions.target!r}")
         target = dirs.reference_weights(check, cfg.directions.type)
         target_digest = sha256(cfg.directions.target)
     splits = load_data(cfg)
-    with torch.no_grad():
-        for name, (x, _) in splits.items():
-            try:
-                out = model(x[:256])
-            except Exception as e:  # noqa: BLE001 - any failure here means model and data don't fit
-                raise ValueError(f"model {cfg.model!r} cannot run on data {cfg.data.name!r} ({name} inputs of shape "
-                                 f"{tuple(x.shape[1:])}): {e}") from None
-            if not bool(torch.isfinite(out).all()):
-                raise ValueError(f"the model's output at θ* is NaN/inf on the {name} data: the surface would be all "
-                                 "NaN. Check the checkpoint (a diverged run?) and the data (NaN/inf inputs?)")
+    checks.check_data(splits, cfg.data.name)
+    checks.check_model_on_data(model, splits, cfg.model, cfg.data.name)
     engines.pick_device(cfg.engine.device, 0)  # a GPU asked for but absent fails here, before any file is touched
     identity = {
         "model": cfg.model, "model_args": cfg.model_args, "checkpoint_sha256": ckpt_digest,
@@ -186,19 +181,23 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
                              cfg.directions.seed, grid.ndim, cfg.directions.same_dir, cfg.directions.file, target)
         spec.directions = [dirs.to_numpy(d) for d in made]
         pending = grid.size
-        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        # An existing file (--overwrite, or an interrupted creation) is truncated by the collective open, not here:
-        # a job that fails before then must leave it as it was.
+        # An existing file (--overwrite) is replaced only when the new one is complete (see SurfaceWriter.open).
     else:
         import h5py
 
         with h5py.File(cfg.output, "r", locking=False) as f:
+            if any(f"directions/{a}" not in f for a in "xy"[:grid.ndim]):
+                raise SurfaceError(f"{cfg.output} is a damaged distland file (its directions are missing); move it "
+                                   "away or use --overwrite to replace it")
             stored = [{k: np.asarray(f[f"directions/{a}/{k}"][()]) for k in f[f"directions/{a}"]}
                       for a in "xy"[:grid.ndim]]
             pending = int(np.count_nonzero(f["done"][()] == 0))
         for d in stored:
             dirs.check_compatible(dirs.from_numpy(d), reference, f"directions stored in {cfg.output}")
         spec.directions = [{k: d[k] for k in reference} for d in stored]
+    checks.check_coordinates(grid, reference, spec.directions)
+    checks.check_resources(grid, len(spec.metrics), sum(a.nbytes for d in spec.directions for a in d.values()),
+                           cfg.output, mode == "create")
     if keep is not None:
         keep.update(model=model, splits=splits)
     return Plan(spec=spec, mode=mode, pending=pending)
@@ -209,18 +208,37 @@ def run_surface(cfg: Config, overwrite: bool = False, verbose: bool = False,
                 comm: Optional[Comm] = None) -> Optional[Summary]:
     """Compute the surface of ``cfg`` on every rank of ``comm``; returns the summary on rank 0."""
     comm = comm or get_comm(cfg.sweep.mpi)
+    real = os.path.realpath(cfg.output)
+    if real != os.path.abspath(cfg.output):
+        cfg = dataclasses.replace(cfg, output=real)  # a symlinked output: write (and replace) what it points to
     lock = JobLock(cfg.output)
     built: Dict[str, Any] = {}  # rank 0's model and data from prepare (never broadcast: ranks load their own)
     try:
-        plan = comm.on_root(lambda: (lock.acquire(), prepare(cfg, overwrite, built))[1])
+        plan = comm.on_root(lambda: _accept(cfg, overwrite, built, lock))
         try:
             return _sweep(cfg, plan, comm, verbose, built)
         except BaseException as e:  # noqa: BLE001 - past this point a failure on one rank must stop all of them
-            if comm.size > 1 and not isinstance(e, SystemExit):
+            if comm.size > 1 and not isinstance(e, (SystemExit, FinishError)):
                 comm.fail(e)
             raise
     finally:
         lock.release()
+
+
+class FinishError(SurfaceError):
+    """Rank 0 could not record the run's attributes after every point was saved (the other ranks are done)."""
+
+
+def _accept(cfg: Config, overwrite: bool, built: Dict[str, Any], lock: JobLock) -> Plan:
+    # Everything is checked before the job takes its lock or makes a directory: a refused job leaves no trace.
+    plan = prepare(cfg, overwrite, built)
+    Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+    if check_existing(cfg.output, plan.spec, overwrite) != plan.mode:
+        raise SurfaceError(f"{cfg.output} changed while this job was being prepared (another job?); rerun")
+    if plan.mode == "resume":
+        remove_temporary(cfg.output)  # a temporary left by a creation killed before its rename
+    return plan
 
 
 def _io_mode(cfg: Config, comm: Comm) -> str:
@@ -311,13 +329,13 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
         writer.close()  # collective under mpio
     if not comm.is_root:
         return None
-    resolved = {"compiled_ranks": compiled}
+    # This run's attributes are recorded once, after the sweep, in one atomic update (see surface.set_attrs).
+    resolved: Dict[str, Any] = {**(run_attrs if plan.mode == "resume" else {}), "compiled_ranks": compiled}
     if check:
         resolved["precision_check"] = json.dumps({"precision": eng.precision, **check}, sort_keys=True)
-    set_attrs(cfg.output, resolved)
     if cfg.sweep.progress and sys.stderr.isatty():
         sys.stderr.write("\n")
-    summary = summarize(cfg, grid, len(queue), time.monotonic() - t_start, comm.size, io, all_stats)
+    summary = summarize(cfg, grid, len(queue), time.monotonic() - t_start, comm.size, io, all_stats, resolved)
     summary.compiled = compiled
     if check:
         summary.precision = (f"precision {eng.precision}: loss within {check['max_rel_loss_error']:.1e} (relative) "
@@ -347,7 +365,8 @@ def _hms(seconds: float) -> str:
 
 
 def summarize(cfg: Config, grid: Grid, computed: int, seconds: float, ranks: int, io: str,
-              stats: List[schedule.RankStats]) -> Summary:
+              stats: List[schedule.RankStats], attrs: Optional[Mapping[str, Any]] = None) -> Summary:
+    """Read the finished file back, add the sharpness report (when complete) to ``attrs`` and store them."""
     from .surface import read
 
     data = read(cfg.output)
@@ -364,11 +383,20 @@ def summarize(cfg: Config, grid: Grid, computed: int, seconds: float, ranks: int
         minimum = {"metric": metric, "value": float(flat[idx]), "at": at}
     nonfinite = int(np.count_nonzero(data.done & ~np.isfinite(values)))
     sharpness = ""
+    update = dict(attrs or {})
+    prefix = ""
     if data.complete:
-        from .analysis import format_report, sharpness_report, store_report
+        from .analysis import format_report, sharpness_report
+        from .analysis.sharpness import PREFIX, report_attrs
 
         report = sharpness_report(data, metric)
-        store_report(cfg.output, report, metric)
+        update.update(report_attrs(report, metric))
+        prefix = PREFIX
         sharpness = format_report(report, metric)
+    if update:
+        try:
+            set_attrs(cfg.output, update, replace_prefix=prefix)
+        except SurfaceError as e:
+            raise FinishError(str(e)) from None
     return Summary(cfg.output, grid.shape, cfg.model, grid.size, computed, seconds, minimum, nonfinite, ranks, io,
                    stats, sharpness)

@@ -51,6 +51,7 @@ class TrainConfig:
     """One training run. Defaults are the paper's CIFAR-10 recipe; model and data default to the CPU demo."""
 
     model: str = "democnn"
+    plugins: List[str] = field(default_factory=list)   # opted-in plug-in modules (see the surface config)
     model_args: Dict[str, Any] = field(default_factory=dict)
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     optimizer: str = "sgd"          # sgd (momentum, optionally Nesterov) | adam
@@ -257,8 +258,8 @@ def load_data(cfg: TrainConfig) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tupl
     if cfg.data.root:
         opts["root"] = cfg.data.root
     try:
-        train_xy = load_split(cfg.data.name, "train", cfg.data.max_samples, **opts)
-        test_xy = load_split(cfg.data.name, "test", cfg.data.max_samples, **opts)
+        train_xy = load_split(cfg.data.name, "train", cfg.data.max_samples, allow=cfg.plugins, **opts)
+        test_xy = load_split(cfg.data.name, "test", cfg.data.max_samples, allow=cfg.plugins, **opts)
     except (ValueError, FileNotFoundError) as e:   # unknown name, missing or corrupt cifar10 root
         raise ConfigError(f"data: {e}") from None
     return train_xy, test_xy
@@ -281,7 +282,7 @@ def train(cfg: TrainConfig) -> Path:
 
     torch.manual_seed(cfg.seed)
     try:
-        model = build_model(cfg.model, **cfg.model_args).to(device)
+        model = build_model(cfg.model, allow=cfg.plugins, **cfg.model_args).to(device)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model: {e}") from None
     optimizer = make_optimizer(cfg, model)

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.mpi
 TESTS = Path(__file__).resolve().parent
 BASE = {
     "model": "plugins:slow_mlp",
+    "plugins": ["plugins"],     # tests/plugins.py: opted in, as every plug-in must be
     "data": {"name": "digits", "max_samples": 64, "batch_size": 32},
     "grid": {"x": [-1.0, 1.0, 7], "y": [-0.5, 1.0, 5]},   # non-square on purpose
     "sweep": {"progress": False},
