@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from distland import cli
-from distland.surface import JobLock, SurfaceError, read, temporary_path
+from distland.config import load_config
+from distland.surface import JobLock, SurfaceError, read
 from distland.sweep import run_surface
 
 from conftest import fingerprint, small_config, small_config_dict, write_yaml
@@ -82,8 +83,7 @@ def test_disk_full_while_resuming_keeps_every_point_and_the_file_readable(tmp_pa
     stays readable and resumable elsewhere."""
     ref = tmp_path / "ref.h5"
     grid = {"x": [-1, 1, 21], "y": [-1, 1, 21]}
-    r = _cli("surface", str(_job(tmp_path, ref, "ref.yaml", grid=grid)))
-    assert r.returncode == 0, r.stderr
+    run_surface(load_config(_job(tmp_path, ref, "ref.yaml", grid=grid)))
     partial = tmp_path / "partial.h5"
     shutil.copyfile(ref, partial)
     with h5py.File(partial, "r+") as f:
@@ -105,18 +105,18 @@ def test_disk_full_while_resuming_keeps_every_point_and_the_file_readable(tmp_pa
             np.testing.assert_array_equal(data.metrics[k], expect.metrics[k])
         assert _leftovers(fs) == []
         # At creation, on the same full disk: refused up front with the numbers, nothing written.
-        r = _cli("surface", str(_job(tmp_path, fs / "new.h5", grid=grid)))
-        _one_line_error(r, "is free", "new.h5")
+        with pytest.raises(SurfaceError, match="is free where .*new.h5"):
+            run_surface(load_config(_job(tmp_path, fs / "new.h5", grid=grid)))
         assert not (fs / "new.h5").exists() and _leftovers(fs) == []
         before = fingerprint(out)
-        r = _cli("surface", str(_job(tmp_path, out, grid=grid, directions={"seed": 5})), "--overwrite")
-        assert r.returncode == 2 and fingerprint(out) == before
+        with pytest.raises(SurfaceError, match="is free where"):
+            run_surface(load_config(_job(tmp_path, out, grid=grid, directions={"seed": 5})), overwrite=True)
+        assert fingerprint(out) == before
         moved = tmp_path / "elsewhere" / "s.h5"
         moved.parent.mkdir()
         shutil.copyfile(out, moved)
-    r = _cli("surface", str(_job(tmp_path, moved, grid=grid)))
-    assert r.returncode == 0, r.stderr
-    assert "computed 0 point(s)" in r.stdout
+    summary = run_surface(load_config(_job(tmp_path, moved, grid=grid)))
+    assert summary.computed == 0
     assert "sharpness.center_loss" in read(str(moved)).attrs
 
 
@@ -288,6 +288,7 @@ def test_weights_beyond_float32_are_refused():
 @pytest.fixture
 def badplug(tmp_path, monkeypatch):
     (tmp_path / "badplug.py").write_text(BADPLUG)
+    monkeypatch.setenv("DISTLAND_PLUGINS", "badplug")  # the opt-in (the config's `plugins:` list works too)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delitem(sys.modules, "badplug", raising=False)
     yield tmp_path
@@ -299,7 +300,7 @@ def test_overwrite_keeps_the_old_file_when_the_new_job_is_bad(badplug, capsys, c
     out = badplug / "s.h5"
     run_surface(small_config(out))
     before = fingerprint(out)
-    data = small_config_dict(out, plugins=["badplug"], **changes)
+    data = small_config_dict(out, **changes)
     if "data" in changes:
         data["data"] = {**changes["data"], "max_samples": 0}
     assert cli.main(["surface", str(write_yaml(badplug / "job.yaml", data)), "--overwrite"]) == 2
@@ -323,7 +324,7 @@ BROKEN = [  # plug-ins that break: one line, exit 2, no file
 @pytest.mark.parametrize("changes,words", BROKEN, ids=[w[0] for _, w in BROKEN])
 def test_broken_plugins_are_one_line_errors(badplug, capsys, changes, words):
     out = badplug / "s.h5"
-    data = small_config_dict(out, plugins=["badplug"], **changes)
+    data = small_config_dict(out, **changes)
     assert cli.main(["surface", str(write_yaml(badplug / "job.yaml", data))]) == 2
     err = capsys.readouterr().err
     assert err.startswith("distland: error: ") and err.count("\n") == 1, err
@@ -357,9 +358,10 @@ def test_kill_during_creation_leaves_the_output_path_alone(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9
     assert not out.exists(), "a killed creation left a file at the output path"
+    from distland.surface import temporary_path
+
     assert Path(temporary_path(str(out))).exists()  # the half-made temporary: reused by the next run
-    r = _cli("surface", str(job))
-    assert r.returncode == 0, r.stderr
+    assert run_surface(load_config(job)).computed == 9
     assert read(str(out)).done.all() and _leftovers(tmp_path) == []
     # With --overwrite and a kill: the old, finished file survives intact.
     before = fingerprint(out)
@@ -367,8 +369,7 @@ def test_kill_during_creation_leaves_the_output_path_alone(tmp_path):
                              str(_job(tmp_path, out, "other.yaml", directions={"seed": 4})), "--overwrite"],
                             env=_env(), capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9 and fingerprint(out) == before
-    r = _cli("surface", str(job))  # the same job as the file: a resume with nothing to do; temporary removed
-    assert r.returncode == 0 and "computed 0 point(s)" in r.stdout, r.stderr
+    assert run_surface(load_config(job)).computed == 0  # the file's own job: nothing to do; temporary removed
     assert _leftovers(tmp_path) == []
 
 
