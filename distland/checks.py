@@ -7,6 +7,7 @@ problem and the fix.
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Dict, Mapping, Sequence, Tuple
 
@@ -41,13 +42,18 @@ def check_data(splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]], data_nam
 
 
 def check_model_on_data(model: torch.nn.Module, splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]],
-                        model_name: str, data_name: str) -> None:
-    """The full loss at θ* on every split: runs, gives (N, classes) logits wide enough for every label, finite."""
+                        model_name: str, data_name: str, device: str = "cpu") -> None:
+    """The full loss at θ* on every split: runs, gives (N, classes) logits wide enough for every label, finite.
+    On a GPU (``device``) a copy of the model runs there: this pass costs about one grid point."""
+    if device != "cpu":
+        model = copy.deepcopy(model).to(device)
+    batch = CHECK_BATCH if device == "cpu" else 4 * CHECK_BATCH
     with torch.no_grad():
         for name, (x, y) in splits.items():
             total = 0.0
-            for s in range(0, x.shape[0], CHECK_BATCH):
-                xb, yb = x[s:s + CHECK_BATCH], y[s:s + CHECK_BATCH]
+            top = int(y.max())
+            for s in range(0, x.shape[0], batch):
+                xb, yb = x[s:s + batch].to(device), y[s:s + batch].to(device)
                 try:
                     out = model(xb)
                 except Exception as e:  # noqa: BLE001 - any failure here means model and data don't fit
@@ -57,7 +63,6 @@ def check_model_on_data(model: torch.nn.Module, splits: Mapping[str, Tuple[torch
                     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                     raise ValueError(f"model {model_name!r} gives output {shape} for a batch of {xb.shape[0]}; "
                                      "the loss needs class scores of shape (batch, classes)")
-                top = int(y.max())
                 if top >= out.shape[1]:
                     raise ValueError(f"data {data_name!r}: the {name} split has label {top} but model "
                                      f"{model_name!r} outputs {out.shape[1]} classes; set the model's number of "

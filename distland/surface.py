@@ -130,6 +130,21 @@ class JobLock:
         self.path = f"{os.path.realpath(path)}.lock"
         self._fd: Optional[int] = None
 
+    def check_free(self) -> None:
+        """Refuse at once if another job holds the lock; creates nothing (run before the job's checks)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            return  # no lock file: nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            raise SurfaceError(f"another distland job is writing {self.output} ({holder}); wait for it to finish, "
+                               "or write to another output") from None
+        finally:
+            os.close(fd)  # closing drops a lock we just took
+
     def acquire(self) -> None:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -158,8 +158,8 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
         target_digest = sha256(cfg.directions.target)
     splits = load_data(cfg)
     checks.check_data(splits, cfg.data.name)
-    checks.check_model_on_data(model, splits, cfg.model, cfg.data.name)
-    engines.pick_device(cfg.engine.device, 0)  # a GPU asked for but absent fails here, before any file is touched
+    device = engines.pick_device(cfg.engine.device, 0)  # a GPU asked for but absent fails here, before any write
+    checks.check_model_on_data(model, splits, cfg.model, cfg.data.name, device)
     identity = {
         "model": cfg.model, "model_args": cfg.model_args, "checkpoint_sha256": ckpt_digest,
         "data": {"name": cfg.data.name, "split": cfg.data.split, "max_samples": cfg.data.max_samples,
@@ -231,6 +231,7 @@ class FinishError(SurfaceError):
 
 def _accept(cfg: Config, overwrite: bool, built: Dict[str, Any], lock: JobLock) -> Plan:
     # Everything is checked before the job takes its lock or makes a directory: a refused job leaves no trace.
+    lock.check_free()  # a busy output is refused at once, before minutes of checks
     plan = prepare(cfg, overwrite, built)
     Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
     lock.acquire()

@@ -68,8 +68,8 @@ def load_split(name: str, split: str, max_samples: int = 0, *, allow: Sequence[s
                              f"{', '.join(valid) or 'none'}")
         out = loader(split, **options)
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        raise ValueError(f"data loader {name!r} must return (inputs, targets), got "
-                         f"{type(out).__name__}{' of length ' + str(len(out)) if isinstance(out, (tuple, list)) else ''}")
+        got = f"a {type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise ValueError(f"data loader {name!r} must return (inputs, targets), got {got}")
     try:
         x, y = (torch.as_tensor(t) for t in out)
     except (TypeError, ValueError, RuntimeError) as e:
