@@ -115,6 +115,8 @@ class Config:
     model: str = "democnn"
     model_args: Dict[str, Any] = field(default_factory=dict)
     loss: str = "cross_entropy"     # cross_entropy | mse | "package.module:function" (see distland.losses)
+    plugins: List[str] = field(default_factory=list)   # modules (or package prefixes) whose code a
+                                                        # "module:function" model or data.name may run
     checkpoint: str = ""
     train: str = ""                 # training config that produces `checkpoint` if it does not exist yet
     data: DataConfig = field(default_factory=DataConfig)
@@ -157,6 +159,10 @@ class Config:
             raise ConfigError("directions.kind 'file' needs directions.file")
         if not self.output:
             raise ConfigError("output must name the surface file to write")
+        if self.output.endswith(("/", "\\")) or Path(self.output).is_dir():
+            raise ConfigError(f"output {self.output!r} names a directory; give the surface file's name, "
+                              f"e.g. {self.output.rstrip('/')}/surface.h5")
+        check_plugins(self.plugins)
         check_loss("loss", self.loss)
         from .quantities import REGISTRY as known  # the list of quantities lives with them
 
@@ -171,6 +177,18 @@ class Config:
     @property
     def splits(self) -> Tuple[str, ...]:
         return ("train", "test") if self.data.split == "both" else (self.data.split,)
+
+
+def check_plugins(plugins: List[str]) -> None:
+    """``plugins:`` entries are module names or package prefixes outside the standard library."""
+    import sys
+
+    for name in plugins:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name or ""):
+            raise ConfigError(f"plugins: {name!r} is not a module name (e.g. mypackage or mypackage.models)")
+        top = name.split(".")[0]
+        if top in sys.stdlib_module_names or top in sys.builtin_module_names or top.startswith("_"):
+            raise ConfigError(f"plugins: {name!r} is part of Python's standard library; plug-ins never come from it")
 
 
 def _choice(key: str, value: str, valid: Tuple[str, ...]) -> None:

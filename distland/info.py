@@ -30,7 +30,7 @@ def describe_environment() -> str:
 
 
 def describe_surface(path: str) -> str:
-    from .surface import read
+    from .surface import SurfaceError, read
 
     data = read(path)
     n_done, n = int(data.done.sum()), data.done.size
@@ -58,8 +58,15 @@ def describe_surface(path: str) -> str:
         if key in data.attrs:
             lines.append(f"  {key}: {data.attrs[key]}")
     if "engine" in data.attrs:
-        lines.append(f"  engine: {json.loads(data.attrs['engine'])}")
-    for dev in data.attrs.get("devices", []) or []:
+        try:
+            engine = json.loads(data.attrs["engine"])
+        except (TypeError, ValueError):
+            raise SurfaceError(f"{path!r}: its 'engine' attribute is not valid JSON") from None
+        lines.append(f"  engine: {engine}")
+    devices = data.attrs.get("devices", []) or []
+    if isinstance(devices, str) or not isinstance(devices, list):
+        raise SurfaceError(f"{path!r}: its 'devices' attribute is not a list of lines (got {type(devices).__name__})")
+    for dev in devices:
         lines.append(f"  {dev}")
     for name, values in data.metrics.items():
         finite = np.isfinite(values)

@@ -10,7 +10,7 @@ returns per-sample booleans, otherwise no accuracy is computed. Plug-in targets 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +47,9 @@ def _argmax_correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return out.argmax(-1) == y
 
 
-def resolve(spec: str) -> Criterion:
-    """The criterion named by ``spec`` (a config's ``loss``)."""
+def resolve(spec: str, allow: Sequence[str] = ()) -> Criterion:
+    """The criterion named by ``spec`` (a config's ``loss``); a plug-in only from a module in ``allow`` (see
+    :func:`distland.models.allowed_plugins`)."""
     if spec == "cross_entropy":
         return Criterion(spec, _ce, _argmax_correct, True)
     if spec == "mse":
@@ -58,7 +59,7 @@ def resolve(spec: str) -> Criterion:
                          "'package.module:function' returning per-sample losses")
     from .models import import_object
 
-    fn = import_object(spec, "loss")
+    fn = import_object(spec, "loss", allow)
     if not callable(fn):
         raise ValueError(f"loss {spec!r} is not callable")
     correct = getattr(fn, "correct", None)

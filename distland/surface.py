@@ -13,13 +13,16 @@ Root attributes: ``config`` (resolved YAML), ``identity`` (JSON of what determin
 Parallel writing follows h5py's rule: the file, every dataset and every attribute are created collectively with
 identical arguments; afterwards each rank writes its finished points independently. Datasets are contiguous,
 allocated early and pre-filled, so no HDF5 metadata changes during the sweep: a killed job leaves a readable file
-whose ``done`` points are all correct (values are written before their ``done`` flags).
+whose ``done`` points are all correct (values are written before their ``done`` flags). A file is created under a
+temporary name and renamed into place once complete; later attribute updates (:func:`set_attrs`) go through a
+copy that replaces the file only when complete, so a full disk or a kill never leaves an unreadable file.
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -116,17 +119,30 @@ def check_existing(path: str, spec: SurfaceSpec, overwrite: bool) -> str:
     try:
         with h5py.File(p, "r", locking=False) as f:
             if f.attrs.get("distland_layout") is None:
-                if "distland_creating" in f.attrs or not list(f.keys()):
-                    return "create"  # our creation was interrupted before any result could be written
+                if "distland_creating" in f.attrs:
+                    return "create"  # our creation (before 0.2: in place) was interrupted; no result was written
                 if "xcoordinates" in f and "done" not in f:
                     raise SurfaceError(f"{path} was written by another tool (no 'done' mask); convert it or choose "
                                        "another output (or --overwrite to replace it)")
                 raise SurfaceError(f"{path} is not a distland surface file; move it away or use --overwrite "
                                    "to replace it")
-            old = json.loads(str(f.attrs.get("identity", "{}")))
+            # A quantity's datasets come with its mask: one without the other is a damaged file.
+            missing = []
+            for q in spec.quantities:
+                if q.done in f:
+                    missing += [k for k in q.names if k not in f]
+                elif any(k in f for k in q.names):
+                    missing.append(q.done)
+            if missing or not any(k == "done" or k.endswith("_done") for k in f):
+                raise SurfaceError(f"{path} is a damaged distland file (missing {', '.join(missing) or 'done'}); "
+                                   "move it away or use --overwrite to replace it")
+            try:
+                old = json.loads(str(f.attrs.get("identity", "{}")))
+                stored = {q.name: json.loads(str(f.attrs.get(f"quantity.{q.name}", "{}")))
+                          for q in spec.quantities if q.done in f}
+            except ValueError:
+                old, stored = {"identity": "unreadable"}, {}
             n_done = int(np.count_nonzero(f["done"][()])) if "done" in f else 0
-            stored = {q.name: json.loads(str(f.attrs.get(f"quantity.{q.name}", "{}")))
-                      for q in spec.quantities if q.done in f}
     except OSError as e:
         raise SurfaceError(f"{path} exists but is not a readable HDF5 file ({e}); move it away or use --overwrite "
                            "to replace it") from None
@@ -148,6 +164,9 @@ def stored_progress(path: str, spec: SurfaceSpec) -> Tuple[List[Dict[str, np.nda
     """For a job that resumes ``path``: the directions stored in it, and each quantity's number of points still
     to compute (all of them for a quantity the file does not hold yet)."""
     with _h5py().File(path, "r", locking=False) as f:
+        if any(f"directions/{a}" not in f for a in "xy"[:spec.grid.ndim]):
+            raise SurfaceError(f"{path} is a damaged distland file (its directions are missing); move it away or use "
+                               "--overwrite to replace it")
         directions = [{k: np.asarray(f[f"directions/{a}/{k}"][()]) for k in f[f"directions/{a}"]}
                       for a in "xy"[:spec.grid.ndim]]
         pending = {q.name: int(np.count_nonzero(f[q.done][()] == 0)) if q.done in f else spec.grid.size
@@ -157,26 +176,51 @@ def stored_progress(path: str, spec: SurfaceSpec) -> Tuple[List[Dict[str, np.nda
 
 # ------------------------------------------------------------------------------------------------ lock
 class JobLock:
-    """An exclusive ``flock`` on ``<output>.lock`` held by the coordinator for the whole job.
+    """An exclusive ``flock`` on ``<real path of output>.lock`` held by the coordinator for the whole job.
 
-    The kernel drops it when the process dies (even by ``kill -9``), so a crashed job never leaves a stale lock,
-    while a second job on the same output is refused at once.
+    The lock is keyed on the output's resolved path, so ``b.h5 -> a.h5`` and ``./a.h5`` lock the same file. The
+    kernel drops it when the process dies (even by ``kill -9``), so a crashed job never leaves a stale lock, while a
+    second job on the same output is refused at once. The lock file is removed on release (while still locked; a
+    job that opened the removed file notices the inode changed and retries), so nothing is left on disk.
     """
 
     def __init__(self, path: str) -> None:
-        self.path = f"{path}.lock"
+        self.output = path
+        self.path = f"{os.path.realpath(path)}.lock"
         self._fd: Optional[int] = None
 
-    def acquire(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    def check_free(self) -> None:
+        """Refuse at once if another job holds the lock; creates nothing (run before the job's checks)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            return  # no lock file: nobody holds it
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise SurfaceError(f"another distland job is writing {self.path[:-5]} ({holder}); wait for it to finish, "
+            raise SurfaceError(f"another distland job is writing {self.output} ({holder}); wait for it to finish, "
                                "or write to another output") from None
+        finally:
+            os.close(fd)  # closing drops a lock we just took
+
+    def acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise SurfaceError(f"another distland job is writing {self.output} ({holder}); wait for it to "
+                                   "finish, or write to another output") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the previous holder removed this lock file after we opened it: take a fresh one
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
                      .encode())
@@ -184,19 +228,90 @@ class JobLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock; the file stays (removing it would race a waiting job)
+            try:
+                os.unlink(self.path)  # while still holding it: see the class docstring
+            except OSError:
+                pass
+            os.close(self._fd)
             self._fd = None
+
+
+def temporary_path(path: str) -> str:
+    """Where a new file is created before it is renamed onto ``path`` (same directory, so the rename is atomic).
+    The name is fixed, so a temporary left by a killed creation is truncated and reused by the next one."""
+    p = Path(path)
+    return str(p.with_name(f".{p.name}.creating"))
+
+
+def remove_temporary(path: str) -> None:
+    try:
+        os.unlink(temporary_path(path))
+    except FileNotFoundError:
+        pass
+
+
+def free_bytes(path: str) -> int:
+    """Free bytes for an unprivileged user on the file system that holds (or will hold) ``path``."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return int(shutil.disk_usage(p).free)
+
+
+ATTR_SLACK = 1 << 20  # free bytes besides the copy that an attribute update asks for (HDF5 metadata, a margin)
 
 
 def set_attrs(path: str, attrs: Mapping[str, Any], replace_prefix: str = "") -> None:
     """Add or replace root attributes of a closed surface file (serially, by the process holding the job lock).
     With ``replace_prefix``, every existing attribute under that prefix goes first (a report replaced whole)."""
-    with _h5py().File(path, "r+") as f:
+
+    def edit(f: Any) -> None:
         if replace_prefix:
             for key in [k for k in f.attrs if k.startswith(replace_prefix)]:
                 del f.attrs[key]
         for key, value in attrs.items():
             f.attrs[key] = value
+
+    update_copy(path, edit, "update the attributes of")
+
+
+def update_copy(path: str, edit: Callable[[Any], None], what: str, grows: int = 0) -> None:
+    """Change the structure of a closed surface file without risking it: ``edit`` (an open h5py file) runs on a
+    copy in the same directory, which replaces the file only once it is complete and on disk.
+
+    Attributes and new datasets grow HDF5 metadata, and a write that fails half-way (a full disk) leaves a file
+    HDF5 cannot open: done this way, a failure at any moment leaves the original, with every finished point.
+    ``grows``: the bytes the edit adds (new datasets), besides a copy of the file and 1 MiB of slack.
+    """
+    h5py = _h5py()
+    size = os.path.getsize(path)
+    free = free_bytes(path)
+    need = size + grows + ATTR_SLACK
+    if free < need:
+        raise SurfaceError(f"no space left to {what} {path}: {free} bytes free, {need} needed (a copy of the file"
+                           f"{', the new datasets' if grows else ''} and 1 MiB); every finished point is saved in it. "
+                           "Free some space (or move the file) and rerun the same command")
+    tmp = temporary_path(path)
+    try:
+        shutil.copyfile(path, tmp)
+        shutil.copymode(path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            edit(f)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the data must be on disk before the rename makes it the file
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        remove_temporary(path)
+        raise SurfaceError(f"cannot {what} {path} ({e}); the file is unchanged, with every finished point. Free "
+                           "some space and rerun the same command") from None
+
+
+def _h5py_names(path: str) -> List[str]:
+    with _h5py().File(path, "r", locking=False) as f:
+        return list(f.keys())
 
 
 # ------------------------------------------------------------------------------------------------ writer
@@ -213,6 +328,10 @@ class SurfaceWriter:
     @classmethod
     def open(cls, path: str, spec: SurfaceSpec, mode: str, run_attrs: Mapping[str, Any],
              mpi_comm: Any = None) -> "SurfaceWriter":
+        """Open ``path`` to write results. ``create`` builds the whole layout (with ``run_attrs``) under
+        :func:`temporary_path`, closes it and renames it onto ``path``: a kill or a full disk during creation leaves
+        any old file (``--overwrite``) untouched and never a half-made file at ``path``. ``resume`` writes no
+        metadata at all (the caller records ``run_attrs`` afterwards with :func:`set_attrs`)."""
         h5py = _h5py()
         kwargs: Dict[str, Any] = {}
         if mpi_comm is not None:
@@ -221,18 +340,38 @@ class SurfaceWriter:
                                    "or set sweep.io: root")
             kwargs = {"driver": "mpio", "comm": mpi_comm}
         if mode == "create":
-            f = h5py.File(path, "w", **kwargs)
-            cls._create(f, spec)
+            tmp = temporary_path(path)
+            root = mpi_comm is None or mpi_comm.Get_rank() == 0
+            try:
+                with h5py.File(tmp, "w", **kwargs) as f:
+                    cls._create(f, spec)
+                    for key, value in run_attrs.items():  # collective: identical values on every rank
+                        f.attrs[key] = value
+                    f.attrs["distland_layout"] = LAYOUT  # last: marks the structure complete
+                if mpi_comm is not None:
+                    mpi_comm.Barrier()  # every rank has closed the temporary before rank 0 renames it
+                if root:
+                    os.replace(tmp, path)
+            except OSError as e:
+                if root:
+                    remove_temporary(path)
+                raise SurfaceError(f"cannot create {path} ({e}); nothing was written there. Free some space or "
+                                   "choose another output") from None
+            if mpi_comm is not None:
+                mpi_comm.Barrier()  # the file is in place before anyone reopens it
         else:
-            f = h5py.File(path, "r+", **kwargs)
-            for q in spec.quantities:
-                if q.done not in f:  # a quantity added to an existing surface: its datasets join the file
-                    cls._create_quantity(f, spec.grid, q)
-        for key, value in run_attrs.items():  # collective: identical values on every rank
-            f.attrs[key] = value
-        if mode == "create":
-            f.attrs["distland_layout"] = LAYOUT  # last: marks the structure complete
-        f.flush()
+            added = [q for q in spec.quantities if q.done not in _h5py_names(path)]
+            if added:
+                # A quantity joins an existing surface: its datasets are metadata growth, so they go in through a
+                # copy that replaces the file only once complete (as attributes do), by rank 0 alone.
+                if mpi_comm is None or mpi_comm.Get_rank() == 0:
+                    update_copy(path, lambda f: [cls._create_quantity(f, spec.grid, q) for q in added],
+                                f"add {', '.join(q.name for q in added)} to",
+                                sum(spec.grid.size * (1 + sum(np.dtype(d.dtype).itemsize for d in q.datasets))
+                                    for q in added))
+                if mpi_comm is not None:
+                    mpi_comm.Barrier()
+        f = h5py.File(path, "r+", **kwargs)
         return cls(f, spec, mpi_comm is not None)
 
     @staticmethod
@@ -381,11 +520,9 @@ def read(path: str) -> SurfaceData:
                 (len(x),) if y is None else (len(x), len(y)), dtype=bool)}
         else:
             masks = {m: np.asarray(f[m][()], dtype=bool) for m in set(owner.values()) if m in f}
-            if "done" in f:
-                masks["done"] = np.asarray(f["done"][()], dtype=bool)
             missing = sorted(set(owner.values()) - set(masks))
-            if missing:
-                raise SurfaceError(f"{path!r} lacks the done mask {missing[0]!r}; the file is damaged")
+            if missing or not masks:
+                raise SurfaceError(f"{path!r} is a damaged distland file (no {(missing or ['done'])[0]!r} mask)")
     expected = (len(x),) if y is None else (len(x), len(y))
     for k, v in raw.items():
         if v.shape != expected:
@@ -395,7 +532,12 @@ def read(path: str) -> SurfaceData:
     done = masks["done"] if "done" in masks else np.logical_and.reduce(list(masks.values())) if masks else (
         np.zeros(expected, dtype=bool))
     cfg_text = attrs.get("config")
-    config = yaml.safe_load(cfg_text) if isinstance(cfg_text, str) and cfg_text else {}
+    try:
+        config = yaml.safe_load(cfg_text) if isinstance(cfg_text, str) and cfg_text else {}
+    except yaml.YAMLError:
+        raise SurfaceError(f"{path!r}: its 'config' attribute is not valid YAML") from None
+    if config is not None and not isinstance(config, dict):
+        raise SurfaceError(f"{path!r}: its 'config' attribute holds a {type(config).__name__}, not a mapping")
     return SurfaceData(str(p), x, y, metrics, done, attrs, config or {},
                        "loss-landscape" if legacy else "distland", masks)
 

@@ -1,12 +1,13 @@
 """Orchestration of one surface job: prepare on rank 0, open the file, evaluate the grid, summarize.
 
 The steps, in the order every rank runs them:
-1. ``prepare`` (rank 0 only, via :meth:`Comm.on_root`): lock the output, validate config, model, checkpoint,
-   data and directions, and decide create / resume — any problem is one clean error on every rank.
+1. ``prepare`` (rank 0 only, via :meth:`Comm.on_root`): validate config, model, checkpoint, data, directions and
+   resources (:mod:`distland.checks`), and decide create / resume — any problem is one clean error on every rank,
+   with nothing written; only then is the output's directory made and its lock taken.
 2. Every rank builds the model, loads θ* and the data, and picks its device and engine.
 3. The file is opened (collectively with ``mpio``; by rank 0 alone when h5py has no MPI).
 4. :func:`distland.schedule.run` evaluates the unfinished points; each unit is written as soon as it is done.
-5. Rank 0 closes, re-reads the file and prints a one-screen summary.
+5. Rank 0 closes, re-reads the file, records the run's attributes (one atomic update) and prints a summary.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from . import checks
 from . import directions as dirs
 from . import engine as engines
 from . import quantities as quants
@@ -33,9 +36,10 @@ from .comm import Comm, get_comm
 from .config import Config, to_yaml
 from .data import load_splits
 from .grid import Grid
+from .losses import resolve as resolve_loss
 from .models import build_model
-from .surface import (JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing, h5py_has_mpi, set_attrs,
-                      stored_progress)
+from .surface import (JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing, h5py_has_mpi,
+                      remove_temporary, set_attrs, stored_progress)
 from .train import ensure_checkpoint
 
 INIT_SEED = 0  # without a checkpoint θ* is the model's initialisation under this seed, identical on every rank
@@ -97,7 +101,7 @@ class Summary:
 def build_reference_model(cfg: Config) -> Tuple[torch.nn.Module, str]:
     """The model with θ* loaded (checkpoint or seeded initialisation) and the checkpoint's SHA-256."""
     torch.manual_seed(INIT_SEED)
-    model = build_model(cfg.model, **cfg.model_args)
+    model = build_model(cfg.model, allow=cfg.plugins, **cfg.model_args)
     if cfg.checkpoint:
         apply_state_dict(model, load_state_dict(cfg.checkpoint), f"checkpoint {cfg.checkpoint!r}")
         digest = sha256(cfg.checkpoint)
@@ -107,7 +111,7 @@ def build_reference_model(cfg: Config) -> Tuple[torch.nn.Module, str]:
 
 
 def load_data(cfg: Config) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
-    return load_splits(cfg.data, cfg.splits, class_targets=":" not in cfg.loss)
+    return load_splits(cfg.data, cfg.splits, class_targets=":" not in cfg.loss, allow=cfg.plugins)
 
 
 def data_digest(splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]) -> str:
@@ -137,26 +141,15 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
                                "(`distland train` with the config whose out_dir holds it; `distland reproduce DIR` "
                                "trains every missing checkpoint of a config set)")
         target = load_state_dict(cfg.directions.target)
-        check = build_model(cfg.model, **cfg.model_args)
+        check = build_model(cfg.model, allow=cfg.plugins, **cfg.model_args)
         apply_state_dict(check, target, f"directions.target {cfg.directions.target!r}")
         target = dirs.reference_weights(check, cfg.directions.resolved_type())
         target_digest = sha256(cfg.directions.target)
     splits = load_data(cfg)
-    with torch.no_grad():
-        for name, (x, _) in splits.items():
-            try:
-                out = model(x[:256])
-            except Exception as e:  # noqa: BLE001 - any failure here means model and data don't fit
-                conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
-                hint = (f"; the data has {x.shape[1]} channel(s) and the model expects {conv.in_channels}: set "
-                        f"--set model_args.in_channels={x.shape[1]}" if conv is not None and x.dim() == 4
-                        and conv.in_channels != x.shape[1] else "")
-                raise ValueError(f"model {cfg.model!r} cannot run on data {cfg.data.name!r} ({name} inputs of shape "
-                                 f"{tuple(x.shape[1:])}): {e}{hint}") from None
-            if not bool(torch.isfinite(out).all()):
-                raise ValueError(f"the model's output at θ* is NaN/inf on the {name} data: the surface would be all "
-                                 "NaN. Check the checkpoint (a diverged run?) and the data (NaN/inf inputs?)")
-    engines.pick_device(cfg.engine.device, 0)  # a GPU asked for but absent fails here, before any file is touched
+    criterion = resolve_loss(cfg.loss, cfg.plugins)
+    checks.check_data(splits, cfg.data.name, criterion.class_targets)
+    device = engines.pick_device(cfg.engine.device, 0)  # a GPU asked for but absent fails here, before any write
+    checks.check_model_on_data(model, splits, cfg.model, cfg.data.name, device, criterion)
     identity = {
         "model": cfg.model, "model_args": cfg.model_args, "checkpoint_sha256": ckpt_digest,
         "data": {"name": cfg.data.name, "split": cfg.data.split, "max_samples": cfg.data.max_samples,
@@ -184,14 +177,15 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
                              cfg.directions.seed, grid.ndim, cfg.directions.same_dir, cfg.directions.file, target)
         spec.directions = [dirs.to_numpy(d) for d in made]
         pending = {q.name: grid.size for q in spec.quantities}
-        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        # An existing file (--overwrite, or an interrupted creation) is truncated by the collective open, not here:
-        # a job that fails before then must leave it as it was.
+        # An existing file (--overwrite) is replaced only when the new one is complete (see SurfaceWriter.open).
     else:
         stored, pending = stored_progress(cfg.output, spec)
         for d in stored:
             dirs.check_compatible(dirs.from_numpy(d), reference, f"directions stored in {cfg.output}")
         spec.directions = [{k: d[k] for k in reference} for d in stored]
+    checks.check_coordinates(grid, reference, spec.directions)
+    checks.check_resources(grid, sum(len(q.datasets) for q in spec.quantities),
+                           sum(a.nbytes for d in spec.directions for a in d.values()), cfg.output, mode == "create")
     if keep is not None:
         keep.update(model=model, splits=splits)
     return Plan(spec=spec, mode=mode, pending=pending)
@@ -202,18 +196,39 @@ def run_surface(cfg: Config, overwrite: bool = False, verbose: bool = False,
                 comm: Optional[Comm] = None) -> Optional[Summary]:
     """Compute the surface of ``cfg`` on every rank of ``comm``; returns the summary on rank 0."""
     comm = comm or get_comm(cfg.sweep.mpi)
+    real = os.path.realpath(cfg.output)
+    if real != os.path.abspath(cfg.output):
+        cfg = dataclasses.replace(cfg, output=real)  # a symlinked output: write (and replace) what it points to
     lock = JobLock(cfg.output)
     built: Dict[str, Any] = {}  # rank 0's model and data from prepare (never broadcast: ranks load their own)
     try:
-        plan = comm.on_root(lambda: (lock.acquire(), ensure_checkpoint(cfg), prepare(cfg, overwrite, built))[2])
+        plan = comm.on_root(lambda: _accept(cfg, overwrite, built, lock))
         try:
             return _sweep(cfg, plan, comm, verbose, built)
         except BaseException as e:  # noqa: BLE001 - past this point a failure on one rank must stop all of them
-            if comm.size > 1 and not isinstance(e, SystemExit):
+            if comm.size > 1 and not isinstance(e, (SystemExit, FinishError)):
                 comm.fail(e)
             raise
     finally:
         lock.release()
+
+
+class FinishError(SurfaceError):
+    """Rank 0 could not record the run's attributes after every point was saved (the other ranks are done)."""
+
+
+def _accept(cfg: Config, overwrite: bool, built: Dict[str, Any], lock: JobLock) -> Plan:
+    # Everything is checked before the job takes its lock or makes a directory: a refused job leaves no trace.
+    lock.check_free()  # a busy output is refused at once, before minutes of checks
+    ensure_checkpoint(cfg)
+    plan = prepare(cfg, overwrite, built)
+    Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+    if check_existing(cfg.output, plan.spec, overwrite) != plan.mode:
+        raise SurfaceError(f"{cfg.output} changed while this job was being prepared (another job?); rerun")
+    if plan.mode == "resume":
+        remove_temporary(cfg.output)  # a temporary left by a creation killed before its rename
+    return plan
 
 
 def _io_mode(cfg: Config, comm: Comm) -> str:
@@ -290,10 +305,12 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
                 lines.extend(text)
     if not comm.is_root:
         return None
-    set_attrs(cfg.output, {**facts, **notes, **_convergence_attrs(cfg, model, splits, resolved)})
+    # This run's attributes are recorded once, after the sweep, in one atomic update (see surface.set_attrs).
+    resolved_attrs: Dict[str, Any] = {**(run_attrs if plan.mode == "resume" else {}), **facts, **notes,
+                                      **_convergence_attrs(cfg, model, splits, resolved)}
     if cfg.sweep.progress and sys.stderr.isatty():
         sys.stderr.write("\n")
-    summary = summarize(cfg, grid, computed, time.monotonic() - t_start, comm.size, io, stats)
+    summary = summarize(cfg, grid, computed, time.monotonic() - t_start, comm.size, io, stats, resolved_attrs)
     summary.compiled = facts.get("compiled_ranks", 0)
     summary.precision = "\n".join(lines)
     return summary
@@ -326,32 +343,40 @@ def _convergence_attrs(cfg: Config, model: torch.nn.Module, splits: Dict[str, An
 
 
 def summarize(cfg: Config, grid: Grid, computed: int, seconds: float, ranks: int, io: str,
-              stats: List[schedule.RankStats]) -> Summary:
+              stats: List[schedule.RankStats], attrs: Optional[Mapping[str, Any]] = None) -> Summary:
+    """Read the finished file back, add the sharpness report (when complete) to ``attrs`` and store them in one
+    atomic update."""
+    from .analysis import convergence
     from .surface import read
 
     data = read(cfg.output)
+    update = dict(attrs or {})
     metric = f"{cfg.splits[0]}_loss"
-    if metric not in data.metrics:  # a file of other quantities only: nothing to say about the loss
-        return Summary(cfg.output, grid.shape, cfg.model, grid.size, computed, seconds, {}, 0, ranks, io, stats)
-    values = data.metrics[metric]
-    finite = np.isfinite(values) & data.done
-    minimum: Dict[str, Any] = {}
-    if finite.any():
-        flat = np.where(finite, values, np.inf)
-        idx = np.unravel_index(int(np.argmin(flat)), flat.shape)
-        at = {"x": float(grid.x[idx[0]])}
-        if grid.y is not None:
-            at["y"] = float(grid.y[idx[1]])
-        minimum = {"metric": metric, "value": float(flat[idx]), "at": at}
-    nonfinite = int(np.count_nonzero(data.done & ~np.isfinite(values)))
-    sharpness = ""
-    if data.complete:
-        from .analysis import format_report, sharpness_report, store_report
+    summary = Summary(cfg.output, grid.shape, cfg.model, grid.size, computed, seconds, {}, 0, ranks, io, stats)
+    prefix = ""
+    if metric in data.metrics:  # else a file of other quantities only: nothing to say about the loss
+        values = data.metrics[metric]
+        finite = np.isfinite(values) & data.done
+        if finite.any():
+            flat = np.where(finite, values, np.inf)
+            idx = np.unravel_index(int(np.argmin(flat)), flat.shape)
+            at = {"x": float(grid.x[idx[0]])}
+            if grid.y is not None:
+                at["y"] = float(grid.y[idx[1]])
+            summary.minimum = {"metric": metric, "value": float(flat[idx]), "at": at}
+        summary.nonfinite = int(np.count_nonzero(data.done & ~np.isfinite(values)))
+        if data.complete:
+            from .analysis import format_report, sharpness_report
+            from .analysis.sharpness import PREFIX, report_attrs
 
-        report = sharpness_report(data, metric)
-        store_report(cfg.output, report, metric)
-        sharpness = format_report(report, metric)
-    from .analysis import convergence
-
-    return Summary(cfg.output, grid.shape, cfg.model, grid.size, computed, seconds, minimum, nonfinite, ranks, io,
-                   stats, sharpness, convergence.format_report(convergence.read(data.attrs)))
+            report = sharpness_report(data, metric)
+            update.update(report_attrs(report, metric))
+            prefix = PREFIX
+            summary.sharpness = format_report(report, metric)
+        summary.convergence = convergence.format_report(convergence.read({**data.attrs, **update}))
+    if update:
+        try:
+            set_attrs(cfg.output, update, replace_prefix=prefix)
+        except SurfaceError as e:
+            raise FinishError(str(e)) from None
+    return summary

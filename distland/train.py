@@ -43,6 +43,7 @@ class TrainConfig:
     """One training run. Defaults are the paper's CIFAR-10 recipe; model and data default to the CPU demo."""
 
     model: str = "democnn"
+    plugins: List[str] = field(default_factory=list)   # opted-in plug-in modules (see the surface config)
     model_args: Dict[str, Any] = field(default_factory=dict)
     loss: str = "cross_entropy"     # cross_entropy | mse | "package.module:function" (see distland.losses)
     data: DataSource = field(default_factory=DataSource)   # both its train and its test split are loaded
@@ -242,7 +243,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 def load_data(cfg: TrainConfig) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
     """The train and test splits as whole tensors (errors in the data section become config errors)."""
     try:
-        splits = load_splits(cfg.data, ("train", "test"), class_targets=":" not in cfg.loss)
+        splits = load_splits(cfg.data, ("train", "test"), class_targets=":" not in cfg.loss, allow=cfg.plugins)
     except (ValueError, FileNotFoundError) as e:   # unknown name, missing or corrupt cifar10 root
         raise ConfigError(f"data: {e}") from None
     return splits["train"], splits["test"]
@@ -268,11 +269,11 @@ def train(cfg: TrainConfig) -> Path:
 
     torch.manual_seed(cfg.seed)
     try:
-        model = build_model(cfg.model, **cfg.model_args).to(device)
+        model = build_model(cfg.model, allow=cfg.plugins, **cfg.model_args).to(device)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model: {e}") from None
     try:
-        criterion = resolve(cfg.loss)
+        criterion = resolve(cfg.loss, cfg.plugins)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     optimizer = make_optimizer(cfg, model)

@@ -219,7 +219,8 @@ def test_nan_at_the_minimizer_is_a_clear_error(tmp_path, monkeypatch):
         "def load(split):\n"
         "    x = torch.randn(20, 1, 8, 8); x[3, 0, 2, 2] = float('nan')\n"
         "    return x, torch.zeros(20, dtype=torch.long)\n")
-    cfg = load_config(None, ["data.name=nandata:load", f"output={tmp_path / 'o.h5'}", "grid.x=[-1,1,3]"])
-    with pytest.raises(ValueError, match="NaN/inf on the train data"):
+    cfg = load_config(None, ["data.name=nandata:load", "plugins=[nandata]", f"output={tmp_path / 'o.h5'}",
+                             "grid.x=[-1,1,3]"])
+    with pytest.raises(ValueError, match="train split holds 1 NaN/inf input"):
         run_surface(cfg)
     assert not (tmp_path / "o.h5").exists()

@@ -18,6 +18,12 @@ from distland.sweep import run_surface
 from distland.train import TrainConfig, train
 
 
+@pytest.fixture(autouse=True)
+def opted_in(monkeypatch):
+    """tests/plugins.py is a trusted plug-in module here (as a user would list it in `plugins:`)."""
+    monkeypatch.setenv("DISTLAND_PLUGINS", "plugins")
+
+
 def test_mse_is_the_authors_definition(digits_train):
     """Their tool: nn.MSELoss() (mean over the batch and the 10 classes) of softmax(output) against one-hot
     targets, times the batch size, summed over batches, over the number of samples."""

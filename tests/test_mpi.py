@@ -22,6 +22,7 @@ pytestmark = pytest.mark.mpi
 TESTS = Path(__file__).resolve().parent
 BASE = {
     "model": "plugins:slow_mlp",
+    "plugins": ["plugins"],     # tests/plugins.py: opted in, as every plug-in must be
     "data": {"name": "digits", "max_samples": 64, "batch_size": 32},
     "grid": {"x": [-1.0, 1.0, 7], "y": [-0.5, 1.0, 5]},   # non-square on purpose
     "sweep": {"progress": False},
@@ -268,3 +269,28 @@ def test_a_plugged_quantity_joins_an_mpi_surface_and_equals_serial(tmp_path, ref
         assert len(set(f["coord_rank"][()].ravel().tolist())) > 1   # the points were spread over ranks
     assert_same(arrays(tmp_path / "q.h5"), loss_before)
     assert np.array_equal(arrays(tmp_path / "q.h5")["train_loss"], loss_before["train_loss"])
+
+
+def test_mpi_lock_on_the_real_path_and_creation_by_rename(tmp_path):
+    """A 2-rank job through a symlink is refused while the file it points to is locked (the lock is keyed on the
+    resolved path), and creates nothing; accepted, it creates the target collectively under a temporary name, renames
+    it into place and leaves no temporary and no lock file."""
+    from distland.surface import JobLock
+
+    target, link = tmp_path / "a.h5", tmp_path / "b.h5"
+    link.symlink_to(target.name)  # dangling until the job creates a.h5
+    cfg = write_config(tmp_path, "link", output=str(link))
+    held = JobLock(str(target))
+    held.acquire()
+    try:
+        r = run(2, cfg, "--overwrite")
+    finally:
+        held.release()
+    assert r.returncode != 0 and "another distland job is writing" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not target.exists()
+    r = run(2, cfg)
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and target.is_file()
+    with h5py.File(target, "r") as f:
+        assert f.attrs["io"] == "mpio" and f["done"][()].all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5", "link.yaml"]

@@ -353,23 +353,23 @@ def test_cli_compares_several_files_and_plots_1d(surf, curve, tmp_path, capsys):
 
 def test_cli_errors_are_clear(surf, curve, tmp_path, capsys):
     rc, io = _run([str(tmp_path / "nope.h5")], capsys)
-    assert rc == 1 and "no such file" in io.err and "nope.h5" in io.err
+    assert rc == 2 and "no such file" in io.err and "nope.h5" in io.err
     junk = tmp_path / "junk.h5"
     junk.write_text("not hdf5")
     rc, io = _run([str(junk)], capsys)
-    assert rc == 1 and "junk.h5" in io.err
+    assert rc == 2 and "junk.h5" in io.err
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["weights"] = np.zeros(3)
     rc, io = _run([str(tmp_path / "other.h5")], capsys)
-    assert rc == 1 and "not a surface file" in io.err
+    assert rc == 2 and "not a surface file" in io.err
     empty = write_surface(str(tmp_path / "empty.h5"), X, Y, {"train_loss": paraboloid},
                           done=np.zeros((len(X), len(Y)), dtype=bool))
     rc, io = _run([empty], capsys)
-    assert rc == 1 and "no points are done" in io.err
+    assert rc == 2 and "no points are done" in io.err
     rc, io = _run([curve, "--kinds", "contour"], capsys)
-    assert rc == 1 and "--kinds 1d" in io.err
+    assert rc == 2 and "--kinds 1d" in io.err
     rc, io = _run([surf, "--metric", "test_acc"], capsys)
-    assert rc == 1 and "test_acc" in io.err
+    assert rc == 2 and "test_acc" in io.err
     with pytest.raises(SystemExit):
         _run([surf, "--kinds", "pie"], capsys)
 

@@ -18,6 +18,12 @@ from distland.sweep import run_surface
 COORD = "plugins:CoordQuantity"
 
 
+@pytest.fixture(autouse=True)
+def opted_in(monkeypatch):
+    """tests/plugins.py is a trusted plug-in module here (as a user would list it in `plugins:`)."""
+    monkeypatch.setenv("DISTLAND_PLUGINS", "plugins")
+
+
 @pytest.fixture
 def coord(monkeypatch):
     import plugins

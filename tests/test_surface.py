@@ -281,7 +281,8 @@ def test_nan_and_inf_points_are_stored_done_and_counted(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "distland_fragile_mod", raising=False)
     out = tmp_path / "nan.h5"
     try:
-        summary = run_surface(small_config(out, "model=distland_fragile_mod:make", "grid.x=[-3, 3, 7]",
+        summary = run_surface(small_config(out, "model=distland_fragile_mod:make", "plugins=[distland_fragile_mod]",
+                                           "grid.x=[-3, 3, 7]",
                                            "grid.y=null"))
     finally:
         sys.modules.pop("distland_fragile_mod", None)
@@ -338,9 +339,10 @@ def test_check_existing_decisions(tmp_path):
     with pytest.raises(SurfaceError, match="differing: job: file 1 vs now 2"):
         check_existing(str(path), other, False)
     assert check_existing(str(path), other, True) == "create"
-    with h5py.File(tmp_path / "empty.h5", "w"):  # creation interrupted before anything was written
-        pass
-    assert check_existing(str(tmp_path / "empty.h5"), _spec(grid), False) == "create"
+    with h5py.File(tmp_path / "empty.h5", "w") as f:  # someone else's file with only root attributes: kept
+        f.attrs["owner"] = "another tool"
+    with pytest.raises(SurfaceError, match="not a distland surface file"):
+        check_existing(str(tmp_path / "empty.h5"), _spec(grid), False)
     with h5py.File(tmp_path / "half.h5", "w") as f:  # no creation mark, no layout mark: never guessed at
         f.create_dataset("xcoordinates", data=np.zeros(3))
         f.create_dataset("done", data=np.zeros(3, np.uint8))

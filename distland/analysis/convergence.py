@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:   # torch loads only to measure: plots and `distland info` read the attributes without it
     import torch
@@ -44,14 +44,14 @@ Report = Dict[str, float]
 
 
 def measure(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 256,
-            device: str = "cpu", loss: str = "cross_entropy") -> Report:
+            device: str = "cpu", loss: str = "cross_entropy", plugins: Sequence[str] = ()) -> Report:
     """The numbers of the module docstring for ``model`` (left untouched: a copy runs on ``device``), with the
     job's ``loss`` (:mod:`distland.losses`; without accuracy, the accuracy rule does not apply)."""
     import torch
 
     from ..losses import resolve
 
-    criterion = resolve(loss)
+    criterion = resolve(loss, plugins)
 
     n = int(targets.shape[0])
     if n == 0:
@@ -129,8 +129,8 @@ def at_centre(cfg: Any, model: nn.Module, splits: Mapping[str, Tuple[torch.Tenso
     else:
         from ..data import load_splits
 
-        x, y = load_splits(cfg.data, ("train",), class_targets=":" not in cfg.loss)["train"]
-    return measure(model, x, y, batch_size, device, cfg.loss)
+        x, y = load_splits(cfg.data, ("train",), class_targets=":" not in cfg.loss, allow=cfg.plugins)["train"]
+    return measure(model, x, y, batch_size, device, cfg.loss, cfg.plugins)
 
 
 def to_attrs(report: Mapping[str, float]) -> Dict[str, Any]:

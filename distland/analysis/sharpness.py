@@ -392,10 +392,15 @@ def store_report(path: str, report: Report, metric: Optional[str] = None) -> Non
     numbers from other settings must go)."""
     from ..surface import set_attrs
 
+    set_attrs(path, report_attrs(report, metric), replace_prefix=PREFIX)
+
+
+def report_attrs(report: Report, metric: Optional[str] = None) -> Dict[str, Any]:
+    """The ``sharpness.<name>`` attributes of ``report`` (what :func:`store_report` writes)."""
     attrs: Dict[str, Any] = {PREFIX + name: float(value) for name, value in report.items()}
     if metric is not None:
         attrs[PREFIX + "metric"] = metric
-    set_attrs(path, attrs, replace_prefix=PREFIX)
+    return attrs
 
 
 def read_report(attrs: Dict[str, Any]) -> Report:

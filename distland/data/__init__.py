@@ -8,6 +8,7 @@ Names: ``digits`` (scikit-learn's bundled 8×8 digits), ``synthetic`` (CIFAR-sha
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Callable, Dict, Sequence, Tuple
 
 import torch
@@ -25,11 +26,11 @@ def names() -> Tuple[str, ...]:
     return tuple(_LOADERS)
 
 
-def _resolve(name: str) -> Callable[..., Split]:
+def _resolve(name: str, allow: Sequence[str] = ()) -> Callable[..., Split]:
     from ..models import import_object
 
     if ":" in name:
-        return import_object(name, "data.name")
+        return import_object(name, "data.name", allow)
     if name not in _LOADERS:
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(_LOADERS)} "
                          "(or a plug-in 'package.module:function' taking the split name)")
@@ -37,34 +38,62 @@ def _resolve(name: str) -> Callable[..., Split]:
     return getattr(importlib.import_module(mod), fn)
 
 
-def load_split(name: str, split: str, max_samples: int = 0, class_targets: bool = True, **options: Any) -> Split:
+def options_of(name: str) -> Tuple[str, ...]:
+    """The ``data.options`` a built-in loader accepts."""
+    params = inspect.signature(_resolve(name)).parameters
+    return tuple(p for p in params if p != "split")
+
+
+def load_split(name: str, split: str, max_samples: int = 0, class_targets: bool = True, *,
+               allow: Sequence[str] = (), **options: Any) -> Split:
     """Load one split as ``(float inputs, int64 targets)``; ``max_samples > 0`` keeps the first that many.
     With ``class_targets=False`` (a plug-in loss, e.g. regression) targets may be any tensor and keep their dtype.
 
-    ``options`` go to built-in loaders (e.g. ``root`` for cifar10); plug-ins are called with the split name only.
+    ``options`` go to built-in loaders (e.g. ``root`` for cifar10; an unknown one is an error); plug-ins (from
+    modules in ``allow``, see :func:`distland.models.allowed_plugins`) are called with the split name only.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    loader = _resolve(name)
-    out = loader(split) if ":" in name else loader(split, **options)
+    loader = _resolve(name, allow)
+    if ":" in name:
+        try:
+            out = loader(split)
+        except (ValueError, OSError, RuntimeError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a plug-in's own bug or bad data: one line that names it
+            raise ValueError(f"data loader {name!r} failed on split {split!r}: {type(e).__name__}: {e}") from None
+    else:
+        valid = options_of(name)
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(f"data.options: {unknown[0]!r} is not an option of data set {name!r}; valid: "
+                             f"{', '.join(valid) or 'none'}")
+        out = loader(split, **options)
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        raise TypeError(f"data loader {name!r} must return (inputs, targets), got {type(out).__name__}")
-    x, y = (torch.as_tensor(t) for t in out)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"data {name!r} split {split!r}: {x.shape[0]} inputs but {y.shape[0]} targets")
+        got = f"a {type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise ValueError(f"data loader {name!r} must return (inputs, targets), got {got}")
+    try:
+        x, y = (torch.as_tensor(t) for t in out)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"data loader {name!r}: inputs and targets must be tensors or arrays ({e})") from None
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"data {name!r} split {split!r}: {tuple(x.shape)} inputs but {tuple(y.shape)} targets")
     if class_targets and (y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.ndim != 1):
         raise ValueError(f"data {name!r} split {split!r}: targets must be a 1-D integer tensor of class indices, "
                          f"got {tuple(y.shape)} {y.dtype} (a plug-in loss accepts any targets)")
+    if not x.is_floating_point() and x.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+        raise ValueError(f"data {name!r} split {split!r}: inputs must be numbers, got {x.dtype}")
     if max_samples and max_samples > 0:
         x, y = x[:max_samples], y[:max_samples]
     y = y.long() if class_targets else (y.float() if y.is_floating_point() else y)
     return x.float().contiguous(), y.contiguous()
 
 
-def load_splits(source: Any, splits: Sequence[str], class_targets: bool = True) -> Dict[str, Split]:
+def load_splits(source: Any, splits: Sequence[str], class_targets: bool = True, allow: Sequence[str] = ()
+                ) -> Dict[str, Split]:
     """Each of ``splits`` of a data source (a config's ``data`` section: ``name``, ``max_samples``, ``root``,
-    ``options``), in order."""
+    ``options``), in order; plug-ins only from ``allow``."""
     options = dict(source.options)
     if source.root:
         options["root"] = source.root
-    return {s: load_split(source.name, s, source.max_samples, class_targets, **options) for s in splits}
+    return {s: load_split(source.name, s, source.max_samples, class_targets, allow=allow, **options) for s in splits}

@@ -41,7 +41,7 @@ class CifarFormatError(ValueError):
     """A batch file is truncated, corrupt, or does not hold what the CIFAR-10 release holds."""
 
 
-def load(split: str, root: str = "", **_: object) -> Split:
+def load(split: str, root: str = "") -> Split:
     """Load ``split`` as ``(float32 (N, 3, 32, 32) normalized images, int64 (N,) labels)``."""
     if split not in SPLIT_FILES:
         raise ValueError(f"unknown CIFAR-10 split {split!r}; valid: {', '.join(SPLIT_FILES)}")

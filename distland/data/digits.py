@@ -9,7 +9,7 @@ from . import Split
 TEST_FRACTION = 0.2
 
 
-def load(split: str, seed: int = 0, **_: object) -> Split:
+def load(split: str, seed: int = 0) -> Split:
     """Images as (N, 1, 8, 8) floats standardized with the training split's mean/std; a fixed shuffled 80/20 split."""
     try:
         from sklearn.datasets import load_digits

@@ -7,7 +7,7 @@ from . import Split
 
 
 def load(split: str, num_samples: int = 1024, channels: int = 3, size: int = 32, num_classes: int = 10,
-         seed: int = 0, **_: object) -> Split:
+         seed: int = 0) -> Split:
     """Gaussian images labelled by a fixed random linear teacher on 4×4-pooled pixels (so a net can learn them).
 
     Train and test draw from the same distribution with different generator streams.

@@ -1,7 +1,8 @@
 """Model zoo: plain ``nn.Module`` factories registered by name.
 
 A model knows nothing of files, processes or MPI. :func:`build_model` resolves either a registered zoo name or a
-plug-in spec ``"package.module:function"`` (imported by name; the current directory is importable).
+plug-in spec ``"package.module:function"`` (imported by name; the current directory is importable) from a module the
+user opted into (``plugins:`` in the config or ``DISTLAND_PLUGINS``), never from the standard library.
 
 Models registered with ``authors=True`` are state_dict-compatible with the paper authors' ``loss-landscape`` code
 (``cifar10/models``, names as in its ``cifar10/model_loader.py``): their checkpoints load as they are. Names are
@@ -11,9 +12,10 @@ work too; other spellings are registered as aliases.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
-from typing import Callable, Dict, List, Sequence, Set
+from typing import Callable, Dict, List, Sequence, Set, Tuple
 
 from torch import nn
 
@@ -88,11 +90,35 @@ def authors_layout(name: str) -> bool:
     return name in _AUTHORS
 
 
-def import_object(spec: str, what: str) -> Callable:
-    """Import ``"package.module:attr"``; the current directory is put on ``sys.path`` first."""
+PLUGINS_ENV = "DISTLAND_PLUGINS"
+
+
+def allowed_plugins(listed: Sequence[str] = ()) -> Tuple[str, ...]:
+    """The plug-in modules (names or package prefixes) a job opted into: its config's ``plugins:`` list plus the
+    comma-separated ``DISTLAND_PLUGINS`` environment variable."""
+    env = [p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(",")]
+    return tuple(dict.fromkeys(p for p in (*listed, *env) if p))
+
+
+def check_plugin(spec: str, what: str, allow: Sequence[str]) -> Tuple[str, str]:
+    """Validate ``"package.module:attr"`` against ``allow`` *before* anything is imported (an import runs code)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"{what} {spec!r}: a plug-in must be written 'package.module:function'")
+    top = module_name.split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names or top.startswith("_"):
+        raise ValueError(f"{what} {spec!r}: {top!r} is part of Python's standard library; plug-ins never come from "
+                         "it (a config must not run arbitrary code)")
+    if not any(module_name == p or module_name.startswith(p + ".") for p in allow):
+        raise ValueError(f"{what} {spec!r}: module {module_name!r} is not an opted-in plug-in; add it to the "
+                         f"config's `plugins:` list (or to ${PLUGINS_ENV}) if you trust its code")
+    return module_name, attr
+
+
+def import_object(spec: str, what: str, allow: Sequence[str] = ()) -> Callable:
+    """Import ``"package.module:attr"`` from an opted-in module (``allow`` and ``DISTLAND_PLUGINS``); the current
+    directory is put on ``sys.path`` first."""
+    module_name, attr = check_plugin(spec, what, allowed_plugins(allow))
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
@@ -107,14 +133,23 @@ def import_object(spec: str, what: str) -> Callable:
         raise ValueError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}") from None
 
 
-def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a zoo model by name, or call a ``"package.module:function"`` plug-in; both get ``kwargs``."""
+def build_model(name: str, *, allow: Sequence[str] = (), **kwargs) -> nn.Module:
+    """Build a zoo model by name, or call a ``"package.module:function"`` plug-in from an opted-in module
+    (``allow``: see :func:`allowed_plugins`); both get ``kwargs``."""
     if ":" in name:
-        model = import_object(name, "model")(**kwargs)
+        factory = import_object(name, "model", allow)
     else:
-        model = available()[resolve(name)](**kwargs)
+        factory = available()[resolve(name)]
+    try:
+        model = factory(**kwargs)
+    except TypeError as e:
+        try:
+            valid = ", ".join(p for p in inspect.signature(factory).parameters if p not in ("self", "kwargs"))
+        except (TypeError, ValueError):
+            valid = "?"
+        raise ValueError(f"model {name!r}: model_args do not fit ({e}); its arguments: {valid or 'none'}") from None
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ValueError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 

@@ -73,14 +73,15 @@ def add_subcommand(subparsers: Any) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """Run ``distland plot``; 0 on success, 1 with a one-line message on a user error."""
+    """Run ``distland plot``; 0 on success, 2 (like every distland command) with a one-line message on a user
+    error."""
     try:
         plot_files(args.surfaces, options_from_args(args), kinds=args.kinds, out=args.out,
                    trajectory=args.trajectory, vtk=args.vtk, xdmf=args.xdmf, html=args.html,
                    on_write=lambda path: print(f"wrote {path}", flush=True))
     except PlotError as e:
         print(f"distland plot: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -92,7 +92,7 @@ def build(names: Sequence[str], cfg: object) -> List[Quantity]:
         if ":" in name:  # a plug-in: "package.module:QuantityClass"
             from ..models import import_object
 
-            cls = import_object(name, "quantity")
+            cls = import_object(name, "quantity", getattr(cfg, "plugins", ()))
             if not (isinstance(cls, type) and issubclass(cls, Quantity)):
                 raise ValueError(f"quantity {name!r} is not a distland.quantities.Quantity subclass")
         elif name in REGISTRY:

@@ -27,14 +27,14 @@ class LossQuantity(Quantity):
 
     name = "loss"
 
-    def __init__(self, splits: Sequence[str], loss: str = "cross_entropy") -> None:
+    def __init__(self, splits: Sequence[str], loss: str = "cross_entropy", plugins: Sequence[str] = ()) -> None:
         self.splits = tuple(splits)
         self.loss = loss
-        self.criterion = resolve(loss)
+        self.criterion = resolve(loss, plugins)
 
     @classmethod
     def from_config(cls, cfg: object) -> "LossQuantity":
-        return cls(cfg.splits, cfg.loss)  # type: ignore[attr-defined]
+        return cls(cfg.splits, cfg.loss, cfg.plugins)  # type: ignore[attr-defined]
 
     def layout(self) -> QuantityLayout:
         names = dataset_names(self.splits, self.criterion.correct is not None)
