@@ -35,6 +35,7 @@ counted (``n_valid``, ``n_diverged``, ``n_pending``).
 - **Barrier** (1-D interpolation surfaces, ``config.directions.kind == "interp"``): with L(0), L(1) read or linearly
   interpolated at α = 0 and 1, barrier = max over α ∈ [0, 1] of L(α) − [(1 − α)L(0) + αL(1)] over valid grid points
   and both ends (so it is ≥ 0); ``barrier_alpha`` is where. A diverged point in [0, 1] makes it inf.
+- **Topology** (``topology.*``): minima, persistence and the centre's basin, defined in :mod:`.topology`.
 """
 from __future__ import annotations
 
@@ -317,6 +318,9 @@ def sharpness_report(data: Any, metric: str = "train_loss", radius: float = 0.25
             report.update(basin_region(x, y, values, done, c, loss_c, threshold))
     if y is None and _kind(data) == "interp":
         report.update(lmc_barrier(x, values, done))
+    from . import topology   # minima, basins and persistence (docs/topology.md), under the "topology." prefix
+
+    report.update({topology.PREFIX + k: v for k, v in topology.topology_numbers(values, _axes(x, y), done).items()})
     return report
 
 
@@ -408,4 +412,7 @@ def format_report(report: Report, metric: str = "") -> str:
     if "barrier" in report:
         lines.append(f"  barrier     {g('barrier')} at α = {g('barrier_alpha')} "
                      f"(L(0) = {g('barrier_loss_0')}, L(1) = {g('barrier_loss_1')})")
+    from .topology import PREFIX as TOPOLOGY, format_topology
+
+    lines.extend(format_topology(report, TOPOLOGY))
     return "\n".join(lines)
