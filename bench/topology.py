@@ -45,8 +45,8 @@ def main() -> None:
         cripser = None
     import gudhi
 
-    print(f"gudhi {gudhi.__version__}" + (f", cripser {cripser.__version__}" if cripser and hasattr(cripser, '__version__')
-                                          else ", cripser " + ("installed" if cripser else "not installed")))
+    version = getattr(cripser, "__version__", "installed") if cripser else "not installed"
+    print(f"gudhi {gudhi.__version__}, cripser {version}")
     head = f"{'grid':>10} {'field':>9} {'minima':>7} {'distland numbers':>17} {'gudhi 0-dim':>12} " \
            f"{'cripser 0-dim':>14} {'numbers/gudhi':>14} {'equal':>6}"
     print(head)

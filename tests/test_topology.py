@@ -62,7 +62,7 @@ def sorted_pairs(d):
 
 
 def rastrigin_like(eps=0.1, step=1 / 8, lim=2.0):
-    """g(x) + g(y) with g(x) = 1 − cos 2πx + εx²: on this grid the minima are exactly the integer lattice points."""
+    """g(x) + g(y), g(x) = 1 − cos 2πx + εx²: on this grid the minima are exactly the integer lattice points."""
     axis = np.arange(-lim, lim + step / 2, step)
     g = 1 - np.cos(2 * np.pi * axis) + eps * axis ** 2
     return axis, g[:, None] + g[None, :]

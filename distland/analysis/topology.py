@@ -396,8 +396,9 @@ def format_topology(report: Report, prefix: str = "") -> List[str]:
                  key=lambda k: float(k[len("n_minima_"):-3]))
     counts = ", ".join(f"{int(r(prefix + k))} > {k[len('n_minima_'):-3]}%" for k in pct)
     lines = [f"  topology    {int(r(prefix + 'n_minima'))} minima ({counts} of the loss range {g('loss_range')}), "
-             f"{int(r(prefix + 'n_components'))} component(s); total persistence {g('total_persistence')} "
-             f"({g('total_persistence_rel')} ranges), largest finite {g('max_persistence')}"]
+             f"{int(r(prefix + 'n_components'))} component(s)",
+             f"              total persistence {g('total_persistence')} ({g('total_persistence_rel')} ranges), "
+             f"largest finite {g('max_persistence')}"]
     if prefix + "centre_depth" in report:
         glob = " (the global minimum)" if r(prefix + "centre_is_global") else ""
         edge = " (lower bound: spills at the grid edge)" if r(prefix + "centre_spill_edge") else ""

@@ -86,6 +86,7 @@ def plot_persistence(datas: Sequence[Any], opts: PlotOptions) -> Figure:
         bottom.axvline(inf_line, color="0.6", ls="--", lw=0.8)
         bottom.set_xlim(lo - pad, inf_line + pad)
         bottom.set_ylim(len(order), -1)
+        bottom.set_yticks([])
         bottom.set_xlabel(f"{label} (dashed: ∞)")
         bottom.set_ylabel("minimum, longest-lived first")
     text = distances_text(datas, opts)
