@@ -48,6 +48,13 @@ BARRIER_MIN = TAU         # interpolation: "the loss rises between the minimizer
 TRAINED_MIN = 0.9         # train accuracy a net must reach to count as a trained minimizer; a comparison that
                           # involves a net below it is "inconclusive", whatever its numbers say (the paper compares
                           # trained minimizers)
+# Claim 2, topology (docs/topology.md), rule fixed before any run: surface a is topologically rougher than b when it
+# has more minima whose persistence exceeds 5% of its own loss range; on a tie, when its total persistence (in
+# units of its loss range) is larger. Scored on its own line, next to the curvature verdict, not mixed into it.
+TOPO_ROWS = [("topo_n_minima_5pct", "minima with persistence > 5% of range (TOPOLOGY PRIMARY)"),
+             ("topo_total_persistence_rel", "total persistence / loss range (tie-break)"),
+             ("topo_n_minima_1pct", "minima with persistence > 1% of range"),
+             ("topo_centre_barrier", "barrier out of the centre's basin")]
 
 # Claim 1: democnn on digits. At 30 epochs batch 1024 reaches only ~87% train accuracy, so both batches get 100
 # epochs (the paper's 300-epoch schedule, milestones at 1/2, 3/4, 0.9, shrunk 3x), as configs/small/train now does.
@@ -279,6 +286,7 @@ def claim_skip(out: Path, args: argparse.Namespace, epochs: int, milestones: Lis
             row.update(center_loss=rep["center_loss"], mean_inc_025=rep["mean_increase"],
                        basin_area=rep.get("basin_area"), basin_open=rep.get("basin_open"),
                        surface_seconds=secs, report=rep)
+            row.update({key: rep.get("topology." + key[len("topo_"):], math.nan) for key, _ in TOPO_ROWS})
             result["models"][model] = row
     return result
 
@@ -370,9 +378,17 @@ def report_skip(res: Dict[str, Any], depths: Sequence[int]) -> Tuple[str, List[D
             v = m[n][key]
             row.append((">" + fmt(v)) if key == "basin_area" and m[n].get("basin_open") else v)
         rows.append(row)
-    for key, label in ROUGH_ROWS:
-        rows.append([label] + [m[n][key] for n in names])
+    for key, label in ROUGH_ROWS + TOPO_ROWS:
+        rows.append([label] + [m[n].get(key, math.nan) for n in names])
     text = table(header, rows)
+
+    def topo_rougher(a: str, b: str) -> Optional[bool]:
+        # The rule fixed above TOPO_ROWS; None when a surface has no topology numbers.
+        ka, kb = (m[n].get("topo_n_minima_5pct", math.nan) for n in (a, b))
+        ta, tb = (m[n].get("topo_total_persistence_rel", math.nan) for n in (a, b))
+        if not all(math.isfinite(v) for v in (ka, kb, ta, tb)):
+            return None
+        return ka > kb if ka != kb else ta > tb
 
     def rougher(a: str, b: str) -> Tuple[Optional[bool], int, int]:
         # (a rougher than b on the primary number, how many of the 4 numbers agree, how many were comparable)
@@ -397,6 +413,13 @@ def report_skip(res: Dict[str, Any], depths: Sequence[int]) -> Tuple[str, List[D
         verdicts.append(gated({"claim": label, "verdict": "n/a" if p is None else ("agrees" if p else "disagrees"),
                                "detail": f"mean ρ {fmt(m[a]['rho_mean'])} vs {fmt(m[b]['rho_mean'])}; {k}/{n} "
                                          "roughness numbers agree"}, m, (a, b)))
+        t = topo_rougher(a, b)
+        verdicts.append(gated({"claim": label + " (topology)",
+                               "verdict": "n/a" if t is None else ("agrees" if t else "disagrees"),
+                         "detail": f"minima > 5% of range {fmt(m[a].get('topo_n_minima_5pct'))} vs "
+                                   f"{fmt(m[b].get('topo_n_minima_5pct'))}; total persistence / range "
+                                   f"{fmt(m[a].get('topo_total_persistence_rel'))} vs "
+                                   f"{fmt(m[b].get('topo_total_persistence_rel'))}"}, m, (a, b)))
     if len(depths) > 1:
         shallow = min(depths)
         p, k, n = rougher(f"resnet{shallow}_noshort", f"resnet{shallow}")

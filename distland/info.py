@@ -81,6 +81,10 @@ def describe_surface(path: str) -> str:
     if not report and data.done.any():
         metric = next((m for m in data.metrics if m.endswith("_loss")), "")
         report = sharpness_report(data, metric) if metric else {}  # computed now, not stored (file is read-only)
+    elif report and "topology.n_minima" not in report and metric in data.metrics:
+        from .analysis.topology import PREFIX, topology_report   # a report stored before topology existed
+
+        report.update({PREFIX + k: v for k, v in topology_report(data, metric).items()})
     if report:
         lines.extend("  " + line for line in format_report(report, metric).splitlines())
     from .analysis import convergence

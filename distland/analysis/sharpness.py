@@ -42,6 +42,7 @@ counted (``n_valid``, ``n_diverged``, ``n_pending``).
   E = 100 − accuracy (percent), error_barrier = max over α ∈ [0, 1] of E(α) − ½[E(0) + E(1)], measured above the
   mean of the end points' errors (so it is ≥ ½|E(0) − E(1)|); ``error_barrier_alpha`` is where. Two networks are
   linearly mode-connected in their sense when it is within noise (they use 2 percentage points).
+- **Topology** (``topology.*``): minima, persistence and the centre's basin, defined in :mod:`.topology`.
 """
 from __future__ import annotations
 
@@ -350,6 +351,9 @@ def sharpness_report(data: Any, metric: str = "train_loss", radius: float = 0.25
         if acc in data.metrics:
             report.update(lmc_error_barrier(x, np.asarray(data.metrics[acc], dtype=np.float64).reshape(shape),
                                             done))
+    from . import topology   # minima, basins and persistence (docs/topology.md), under the "topology." prefix
+
+    report.update({topology.PREFIX + k: v for k, v in topology.topology_numbers(values, _axes(x, y), done).items()})
     return report
 
 
@@ -451,4 +455,7 @@ def format_report(report: Report, metric: str = "") -> str:
         lines.append(f"  error barrier {g('error_barrier')} points at α = {g('error_barrier_alpha')} "
                      f"(E(0) = {g('error_barrier_0')}%, E(1) = {g('error_barrier_1')}%; error above the ends' mean, "
                      "Frankle et al. 2020)")
+    from .topology import PREFIX as TOPOLOGY, format_topology
+
+    lines.extend(format_topology(report, TOPOLOGY))
     return "\n".join(lines)

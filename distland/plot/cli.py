@@ -14,6 +14,7 @@ from .common import KINDS, KINDS_2D, METRICS, PlotError, PlotOptions, load, pick
 from .trajectory import check_trajectory_plane
 
 FORMATS = ("png", "pdf", "svg")
+TOPOLOGY_KINDS = ("persistence",)   # persistence diagram + barcode of any surface (distland/plot/topology.py)
 
 DESCRIPTION = """\
 Render surface files written by `distland surface` (or by the paper authors' tool).
@@ -27,10 +28,10 @@ def _kinds(text: str) -> List[str]:
     if text.strip().lower() == "none":
         return []
     kinds = [k.strip() for k in text.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in KINDS + TOPOLOGY_KINDS]
     if bad or not kinds:
-        raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(bad) or repr(text)}; "
-                                         f"choose from {', '.join(KINDS)} (comma-separated) or none")
+        raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(bad) or repr(text)}; choose from "
+                                         f"{', '.join(KINDS + TOPOLOGY_KINDS)} (comma-separated) or none")
     return list(dict.fromkeys(kinds))
 
 
@@ -54,8 +55,9 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--metric", choices=METRICS,
                    help="metric to draw (default: train_loss, else the first present; 1-D: all of them)")
     p.add_argument("--kinds", type=_kinds, metavar="K[,K...]",
-                   help=f"plots to make, from {', '.join(KINDS)}, or none (default: 1d for a 1-D surface, "
-                        f"{','.join(KINDS_2D)} for a 2-D one)")
+                   help=f"plots to make, from {', '.join(KINDS + TOPOLOGY_KINDS)}, or none (default: 1d for a "
+                        f"1-D surface, {','.join(KINDS_2D)} for a 2-D one; persistence: diagrams and barcodes "
+                        f"side by side, with distances between files)")
     p.add_argument("--log", action="store_true",
                    help="log10 scale for the metric. Beware: a minimum at L = 5e-5 then looks deeper and sharper "
                         "than one at 0.06 (a decade per contour near zero); compare minima on a linear scale")
@@ -120,7 +122,7 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
         raise PlotError("cannot mix 1-D and 2-D surfaces: " + ", ".join(f"{d.path} ({d.ndim}-D)" for d in datas))
     ndim = ndims.pop()
     kinds = list(kinds) if kinds is not None else (["1d"] if ndim == 1 else list(KINDS_2D))
-    wrong = [k for k in kinds if (k == "1d") != (ndim == 1)]
+    wrong = [k for k in kinds if k not in TOPOLOGY_KINDS and (k == "1d") != (ndim == 1)]
     if wrong:
         hint = "1d" if ndim == 1 else ",".join(KINDS_2D)
         raise PlotError(f"{', '.join(wrong)} cannot be drawn from a {ndim}-D surface; use --kinds {hint}")
@@ -141,7 +143,11 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
             on_write(path)
 
     for kind in kinds:
-        if len(datas) == 1:
+        if kind in TOPOLOGY_KINDS:
+            from .topology import plot_persistence
+
+            fig = plot_persistence(datas, opts)
+        elif len(datas) == 1:
             fig = surface.plot_1d(datas[0], opts) if kind == "1d" else \
                 surface.plot_2d(datas[0], kind, opts, traj if kind != "surface3d" else None)
         else:
