@@ -18,6 +18,7 @@ PLUGGED: Dict[str, Tuple[str, str]] = {
     "plot": ("distland.plot.cli", "plot surface files (contours, 3-D, 1-D, comparisons, ParaView, HTML)"),
     "trajectory": ("distland.analysis.trajectory", "PCA directions of an optimization trajectory"),
     "launch": ("distland.launch", "render (and submit) SLURM job scripts"),
+    "hessian": ("distland.hessian.job", "the Hessian at θ*: top eigenpairs, trace, eigenvalue density"),
 }
 EXIT_USAGE = 2
 
