@@ -1,8 +1,9 @@
 """The Hessian: products against the dense Hessian, Lanczos against eigh, Hutchinson and SLQ against the exact trace,
 bad inputs, the `distland hessian` command, and mpirun -np 2 equal to the serial run.
 
-The model is the demo CNN at width 8 (1,384 weights in ≥ 2-dim tensors, BatchNorm with non-trivial statistics) on
-64 digits, in float64 so the dense Hessian from torch.autograd.functional is exact to rounding.
+The dense reference is a small MLP with BatchNorm (1,776 weights in ≥ 2-dim tensors, non-trivial running statistics) on
+64 digits, in float64 so the dense Hessian from torch.autograd.functional is exact to rounding; the conv path (the
+demo CNN) is checked against torch.func's forward-over-reverse product.
 """
 from __future__ import annotations
 
@@ -25,11 +26,28 @@ from distland.hessian import (HessianError, HessianOperator, density, extreme_ei
 N = 64
 
 
+class BNNet(nn.Module):
+    """1,776 weights in ≥ 2-dim tensors, BatchNorm with non-trivial running statistics in between."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.BatchNorm1d(24), nn.Tanh(), nn.Linear(24, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def bn_net() -> nn.Module:
+    from conftest import randomize_batchnorm
+
+    torch.manual_seed(3)
+    return randomize_batchnorm(BNNet(), 4).double().eval()
+
+
 @pytest.fixture(scope="module")
 def problem():
     """(model in float64, batches of 24 — uneven on purpose —, dense Hessian of the ≥2-dim weights)."""
-    torch.manual_seed(0)
-    model = make_model("democnn", seed=3, width=8).double().eval()
+    model = bn_net()
     x, y = load_split("digits", "train", N)
     x = x.double()
     batches = make_batches(x, y, 24)
@@ -67,8 +85,8 @@ def test_hvp_equals_dense_hessian_times_vector(problem):
 
 
 def test_hvp_in_float32_to_float32_precision(problem):
-    model64, _, dense = problem
-    model = make_model("democnn", seed=3, width=8).eval()
+    _, _, dense = problem
+    model = bn_net().float()
     x, y = load_split("digits", "train", N)
     op = HessianOperator(model, make_batches(x, y, 32))
     v = torch.randn(op.dim, generator=torch.Generator().manual_seed(2))
@@ -77,6 +95,30 @@ def test_hvp_in_float32_to_float32_precision(problem):
     assert err < 1e-5, err
     op.release()
     assert all(p.requires_grad for p in model.parameters())   # released: the frozen 1-D tensors are back
+
+
+def test_hvp_through_convolutions_equals_forward_over_reverse():
+    # The conv/BatchNorm2d path, against an independent computation: torch.func's jvp of the gradient.
+    from torch.func import grad, jvp
+
+    model = make_model("democnn", seed=3, width=8).double().eval()
+    x, y = load_split("digits", "train", 40)
+    x = x.double()
+    op = HessianOperator(model, make_batches(x, y, 16))
+    assert 1000 < op.dim < 5000
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    got = op.matvec(v)
+    op.release()
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    names = [k for k, p in params.items() if p.dim() >= 2]
+
+    def loss(sub):
+        out = functional_call(model, ({**params, **sub}, dict(model.named_buffers())), (x,))
+        return nn.functional.cross_entropy(out, y)
+
+    tangent = {k: t.view(params[k].shape) for k, t in zip(names, v.split([params[k].numel() for k in names]))}
+    _, hv = jvp(grad(loss), ({k: params[k] for k in names},), (tangent,))
+    torch.testing.assert_close(got, torch.cat([hv[k].reshape(-1) for k in names]), rtol=1e-9, atol=1e-12)
 
 
 def test_one_lanczos_run_gives_both_extremes_and_topk_like_eigh(problem):
@@ -206,7 +248,8 @@ def test_config_keys_are_strict(tmp_path):
 
 CLI_KEYS = {"model": "democnn", "model_args": {"width": 4}, "data": {"name": "digits", "max_samples": 48},
             "engine": {"threads": 1, "device": "cpu"}, "sweep": {"progress": False},
-            "hessian": {"top_k": 3, "trace_probes": 6, "density_probes": 3, "lanczos_steps": 12, "tol": 1e-3}}
+            "hessian": {"top_k": 3, "trace_probes": 6, "density_probes": 3, "lanczos_steps": 12, "tol": 1e-2,
+                        "max_iter": 40}}
 
 
 def _cli(tmp_path, name, extra=(), np_=0):
