@@ -7,6 +7,7 @@ demo CNN) is checked against torch.func's forward-over-reverse product.
 """
 from __future__ import annotations
 
+import copy
 import math
 import subprocess
 import sys
@@ -82,6 +83,25 @@ def test_hvp_equals_dense_hessian_times_vector(problem):
         torch.testing.assert_close(got, dense @ v, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(again, got, rtol=0, atol=0)
         assert op.products == 2
+
+
+def test_cached_graphs_follow_the_weights_after_invalidate(problem):
+    model, batches, _ = problem
+    model = copy.deepcopy(model)
+    op = HessianOperator(model, batches, cache="on")
+    v = torch.ones(op.dim, dtype=torch.float64)
+    before = op.matvec(v)
+    with torch.no_grad():
+        for p in op.params:
+            p.mul_(1.5)
+    with pytest.raises(RuntimeError, match="inplace"):   # autograd refuses a graph of the old weights
+        op.matvec(v)
+    op.invalidate()
+    after = op.matvec(v)
+    fresh = HessianOperator(model, batches, cache="off").matvec(v)
+    op.release()
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, fresh, rtol=1e-12, atol=1e-14)
 
 
 def test_hvp_in_float32_to_float32_precision(problem):

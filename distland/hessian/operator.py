@@ -10,8 +10,8 @@ A product is a double backward (Pearlmutter): per batch, g_b = ∂L_b/∂θ with
 
 - ``recompute``: the forward pass and first backward are redone per product (memory: one batch's graph);
 - ``cached``: the first-order graph of every batch is built once and kept (``retain_graph``), so each further
-  product is only the double backward. Chosen by ``cache: auto`` when the graphs fit in ``cache_bytes`` (measured
-  on the first batch).
+  product is only the double backward. Chosen by ``cache: auto`` when the graphs fit in ``cache_bytes`` (default:
+  a quarter of the free memory of the device; the graph's size is measured on the first batch).
 
 Measured on ResNet-20 (bench/hessian.py, bench/README.md): see there for which is faster on which device.
 """
@@ -29,7 +29,8 @@ Batch = Tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PARAM_SETS = ("ndim2", "all")
 CACHE_MODES = ("auto", "on", "off")
-DEFAULT_CACHE_BYTES = 4 << 30
+DEFAULT_CACHE_BYTES = 4 << 30       # when the free memory cannot be read
+CACHE_FRACTION = 0.25               # of the free host / device memory that cached graphs may take
 
 
 class HessianError(ValueError):
@@ -85,7 +86,7 @@ class HessianOperator:
     """
 
     def __init__(self, model: nn.Module, batches: Iterable[Batch], loss: Union[str, LossFn] = "cross_entropy",
-                 params: str = "ndim2", cache: str = "auto", cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 params: str = "ndim2", cache: str = "auto", cache_bytes: int = 0) -> None:
         if cache not in CACHE_MODES:
             raise HessianError(f"cache {cache!r} is not valid; choose auto, on or off")
         self.model = model.eval()
@@ -104,7 +105,7 @@ class HessianOperator:
             raise HessianError("the Hessian needs at least one sample; the data subset is empty "
                                "(check data.max_samples, hessian.samples and the data set)")
         self.products = 0
-        self.cache_mode, self.cache_bytes = cache, cache_bytes
+        self.cache_mode, self.cache_bytes = cache, cache_bytes or free_memory_budget(self.device)
         self._graphs: Optional[List[Tuple[torch.Tensor, ...]]] = None
         self._cache_ok: Optional[bool] = None if cache == "auto" else cache == "on"
         # Parameters outside the chosen set need no gradient: switching them off spares their weight-gradient
@@ -189,12 +190,31 @@ class HessianOperator:
                     a.add_(g)
         return torch.cat([a.reshape(-1) for a in acc]).detach()
 
+    def invalidate(self) -> None:
+        """Forget the cached first-order graphs: call after changing the weights in place (e.g. moving to the next
+        grid point), so the next product is taken at the new weights."""
+        self._graphs = None
+
     def release(self) -> None:
         """Drop cached graphs and give the other parameters their gradients back."""
         self._graphs = None
         for p in self._frozen:
             p.requires_grad_(True)
         self._frozen = []
+
+
+def free_memory_budget(device: torch.device) -> int:
+    """CACHE_FRACTION of the free memory of ``device`` (GPU: reported by CUDA; CPU: MemAvailable)."""
+    try:
+        if device.type == "cuda":
+            return int(CACHE_FRACTION * torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(CACHE_FRACTION * int(line.split()[1]) * 1024)
+    except (OSError, ValueError, RuntimeError):
+        pass
+    return DEFAULT_CACHE_BYTES
 
 
 def make_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: Union[str, torch.device] = "cpu",
