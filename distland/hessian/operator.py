@@ -139,8 +139,9 @@ class HessianOperator:
         pairs = [(g, v) for g, v in zip(grads, vs) if g.requires_grad]
         if not pairs:
             return [torch.zeros_like(p) for p in self.params]
-        dot = sum((g * v).sum() for g, v in pairs)
-        out = torch.autograd.grad(dot, self.params, retain_graph=retain, allow_unused=True)
+        # ∂⟨g, v⟩/∂θ as a vector-Jacobian product of g with v (no extra multiply/sum nodes in the graph).
+        out = torch.autograd.grad([g for g, _ in pairs], self.params, grad_outputs=[v for _, v in pairs],
+                                  retain_graph=retain, allow_unused=True)
         return [torch.zeros_like(p) if h is None else h for p, h in zip(self.params, out)]
 
     def _use_cache(self) -> bool:
