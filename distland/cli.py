@@ -19,6 +19,7 @@ PLUGGED: Dict[str, Tuple[str, str]] = {
     "trajectory": ("distland.analysis.trajectory", "PCA directions of an optimization trajectory"),
     "launch": ("distland.launch", "render (and submit) SLURM job scripts"),
     "reproduce": ("distland.reproduce", "run a config set (train, surfaces, plots) and check its claims"),
+    "hessian": ("distland.hessian.job", "the Hessian at θ*: top eigenpairs, trace, eigenvalue density"),
 }
 EXIT_USAGE = 2
 

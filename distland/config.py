@@ -109,6 +109,38 @@ class SweepConfig:
 
 
 @dataclass
+class HessianConfig:
+    """``distland hessian``: the Hessian of the mean loss at θ* (see distland/hessian/)."""
+
+    params: str = "ndim2"           # ndim2 (tensors with >= 2 dims, as the paper) | all
+    samples: int = 0                # the first N samples of the split (0: all the data section loads)
+    batch_size: int = 0             # samples per double backward (0: data.batch_size, else 128 CPU / 512 GPU)
+    tol: float = 1e-3               # Ritz pairs converge when ‖Hv − λv‖ <= tol·max|λ| (see distland/hessian)
+    max_iter: int = 200             # at most this many Hessian-vector products per Lanczos run
+    top_k: int = 5                  # eigenpairs; the top two are written as surface directions
+    trace_probes: int = 50          # Hutchinson probes (0: no trace)
+    density_probes: int = 4         # stochastic Lanczos quadrature probes (0: no density)
+    lanczos_steps: int = 80         # Lanczos steps per density probe
+    seed: int = 0
+    direction_norm: str = "unit"    # unit (eigenvectors as they are) | filter (filter-normalized like the paper)
+    cache: str = "auto"             # auto | on | off: keep each batch's first-order graph between products
+    output: str = ""                # "" = <output stem>_hessian.h5 next to the surface file
+
+    def validate(self) -> None:
+        _choice("hessian.params", self.params, ("ndim2", "all"))
+        _choice("hessian.direction_norm", self.direction_norm, ("unit", "filter"))
+        _choice("hessian.cache", self.cache, ("auto", "on", "off"))
+        for key in ("samples", "batch_size", "trace_probes", "density_probes"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"hessian.{key} must be >= 0")
+        for key in ("max_iter", "top_k", "lanczos_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"hessian.{key} must be >= 1")
+        if not self.tol > 0:
+            raise ConfigError(f"hessian.tol must be > 0, got {self.tol}")
+
+
+@dataclass
 class Config:
     """One surface job. Every key here is public: it is what users write in YAML."""
 
@@ -126,6 +158,7 @@ class Config:
     quantities: List[str] = field(default_factory=lambda: ["loss"])   # what each grid point computes
     engine: EngineConfig = field(default_factory=EngineConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    hessian: HessianConfig = field(default_factory=HessianConfig)
 
     def validate(self) -> "Config":
         _choice("data.split", self.data.split, ("train", "test", "both"))
@@ -172,6 +205,7 @@ class Config:
         if not self.quantities or len(set(self.quantities)) != len(self.quantities):
             raise ConfigError(f"quantities must list each quantity once, from {', '.join(known)}; "
                               f"got {self.quantities}")
+        self.hessian.validate()
         return self
 
     @property
