@@ -48,15 +48,23 @@ def load_split(name: str, split: str, max_samples: int = 0, **options: Any) -> S
     out = loader(split) if ":" in name else loader(split, **options)
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         raise TypeError(f"data loader {name!r} must return (inputs, targets), got {type(out).__name__}")
-    x, y = (torch.as_tensor(t) for t in out)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"data {name!r} split {split!r}: {x.shape[0]} inputs but {y.shape[0]} targets")
+    return as_split(out, f"data {name!r} split {split!r}", max_samples)
+
+
+def as_split(pair: Any, where: str, max_samples: int = 0) -> Split:
+    """``(inputs, targets)`` checked and converted as every split is: float inputs, int64 class indices, the same
+    number of samples; ``max_samples > 0`` keeps the first that many."""
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise TypeError(f"{where}: expected a pair (inputs, targets), got {type(pair).__name__}")
+    x, y = (torch.as_tensor(t) for t in pair)
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"{where}: {x.shape[0] if x.ndim else 0} inputs but {y.shape[0] if y.ndim else 0} targets")
     if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.ndim != 1:
-        raise ValueError(f"data {name!r} split {split!r}: targets must be a 1-D integer tensor of class indices, "
+        raise ValueError(f"{where}: targets must be a 1-D integer tensor of class indices, "
                          f"got {tuple(y.shape)} {y.dtype}")
     if max_samples and max_samples > 0:
         x, y = x[:max_samples], y[:max_samples]
-    return x.float().contiguous(), y.long().contiguous()
+    return x.detach().cpu().float().contiguous(), y.detach().cpu().long().contiguous()
 
 
 def load_splits(source: Any, splits: Sequence[str]) -> Dict[str, Split]:
