@@ -326,3 +326,17 @@ def test_mpirun_rank0_gets_the_surface_others_none(tmp_path):
                               **FAST)
     assert np.array_equal(np.load(tmp_path / "loss.npy"), serial.train_loss)
     assert sorted(os.listdir(tmp_path)) == ["job.py", "loss.npy"]   # nothing written but what the script saved
+
+
+def test_the_notebook_example_runs(tmp_path):
+    """docs/notebook_example.py, cell by cell as a script: trains, interpolates, draws a surface, resumes a file."""
+    example = Path(__file__).resolve().parent.parent / "docs" / "notebook_example.py"
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join([str(example.parent.parent),
+                                                                          os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, str(example)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=280)
+    assert r.returncode == 0, r.stderr[-3000:]
+    made = tmp_path / "distland-example"
+    assert {"interpolation.png", "contour.png", "surface3d.png", "surface.h5"} <= set(os.listdir(made))
+    assert "computed 0 point(s)" in r.stdout   # the second call resumed a finished file
+    assert "<distland.Surface 1-D 31" in r.stdout and "<distland.Surface 2-D 11×11" in r.stdout
