@@ -384,6 +384,12 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[Lis
     [-1, 1]², or 401 points over [-0.5, 1.5] for ``directions.kind: interp``."""
     data = read_yaml(path) if path else {}
     apply_overrides(data, list(overrides or []))
+    return config_from_mapping(data)
+
+
+def config_from_mapping(data: Dict[str, Any]) -> Config:
+    """The surface-job config from a YAML-shaped mapping (what :func:`load_config` read, or the Python API's
+    keyword arguments), with the same defaults, strict checks and messages."""
     grid = data.get("grid")
     directions = data.get("directions") if isinstance(data.get("directions"), dict) else {}
     if grid is None:

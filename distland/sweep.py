@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -127,15 +127,35 @@ def data_digest(splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None) -> Plan:
+def state_digest(model: torch.nn.Module) -> str:
+    """A content hash of an in-memory model's state_dict (names, shapes, dtypes, values): it stands in for the
+    checkpoint's SHA-256, so a file resumes only for the same weights."""
+    h = hashlib.sha256()
+    for key, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "state-sha256-" + h.hexdigest()
+
+
+def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None,
+            model: Optional[torch.nn.Module] = None,
+            splits: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None,
+            target_model: Optional[torch.nn.Module] = None) -> Plan:
     """Rank-0 work before the sweep; every check that can fail on bad input happens here. The model with θ*
-    and the decoded data go into ``keep`` (when given), so rank 0 does not build them a second time."""
+    and the decoded data go into ``keep`` (when given), so rank 0 does not build them a second time.
+    ``model``, ``splits`` and ``target_model`` (the Python API's in-memory objects) replace building the model,
+    loading the data and loading ``directions.target``; their content hashes enter the job's identity."""
     grid = Grid.from_config(cfg.grid)
-    model, ckpt_digest = build_reference_model(cfg)
+    model, ckpt_digest = build_reference_model(cfg) if model is None else (model, state_digest(model))
     reference = dirs.reference_weights(model, cfg.directions.resolved_type())
     target = None
     target_digest = ""
-    if cfg.directions.kind == "interp":
+    if cfg.directions.kind == "interp" and target_model is not None:
+        target = dirs.reference_weights(target_model, cfg.directions.resolved_type())
+        dirs.check_compatible(target, reference, "the interpolation target model")
+        target_digest = state_digest(target_model)
+    elif cfg.directions.kind == "interp":
         if not Path(cfg.directions.target).is_file():
             raise CheckpointError(f"directions.target {cfg.directions.target!r} not found: train that model first "
                                "(`distland train` with the config whose out_dir holds it; `distland reproduce DIR` "
@@ -145,7 +165,7 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
         apply_state_dict(check, target, f"directions.target {cfg.directions.target!r}")
         target = dirs.reference_weights(check, cfg.directions.resolved_type())
         target_digest = sha256(cfg.directions.target)
-    splits = load_data(cfg)
+    splits = load_data(cfg) if splits is None else splits
     criterion = resolve_loss(cfg.loss, cfg.plugins)
     checks.check_data(splits, cfg.data.name, criterion.class_targets)
     device = engines.pick_device(cfg.engine.device, 0)  # a GPU asked for but absent fails here, before any write
@@ -193,18 +213,26 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None)
 
 # ------------------------------------------------------------------------------------------------ the job
 def run_surface(cfg: Config, overwrite: bool = False, verbose: bool = False,
-                comm: Optional[Comm] = None) -> Optional[Summary]:
-    """Compute the surface of ``cfg`` on every rank of ``comm``; returns the summary on rank 0."""
+                comm: Optional[Comm] = None, model: Optional[torch.nn.Module] = None,
+                splits: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None,
+                target_model: Optional[torch.nn.Module] = None,
+                report: Optional[Callable[[schedule.Progress], None]] = None) -> Optional[Summary]:
+    """Compute the surface of ``cfg`` on every rank of ``comm``; returns the summary on rank 0.
+
+    ``model`` (θ*), ``splits`` and ``target_model`` are in-memory objects from the Python API (:mod:`distland.api`),
+    given on every rank, that replace what ``cfg`` would build; ``report`` replaces the progress line."""
     comm = comm or get_comm(cfg.sweep.mpi)
     real = os.path.realpath(cfg.output)
     if real != os.path.abspath(cfg.output):
         cfg = dataclasses.replace(cfg, output=real)  # a symlinked output: write (and replace) what it points to
     lock = JobLock(cfg.output)
     built: Dict[str, Any] = {}  # rank 0's model and data from prepare (never broadcast: ranks load their own)
+    given = {k: v for k, v in (("model", model), ("splits", splits)) if v is not None}
     try:
-        plan = comm.on_root(lambda: _accept(cfg, overwrite, built, lock))
+        plan = comm.on_root(lambda: _accept(cfg, overwrite, built, lock, model, splits, target_model))
+        built.update(given)  # every rank evaluates the objects it was given
         try:
-            return _sweep(cfg, plan, comm, verbose, built)
+            return _sweep(cfg, plan, comm, verbose, built, report)
         except BaseException as e:  # noqa: BLE001 - past this point a failure on one rank must stop all of them
             if comm.size > 1 and not isinstance(e, (SystemExit, FinishError)):
                 comm.fail(e)
@@ -217,11 +245,14 @@ class FinishError(SurfaceError):
     """Rank 0 could not record the run's attributes after every point was saved (the other ranks are done)."""
 
 
-def _accept(cfg: Config, overwrite: bool, built: Dict[str, Any], lock: JobLock) -> Plan:
+def _accept(cfg: Config, overwrite: bool, built: Dict[str, Any], lock: JobLock, model: Optional[torch.nn.Module],
+            splits: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]],
+            target_model: Optional[torch.nn.Module]) -> Plan:
     # Everything is checked before the job takes its lock or makes a directory: a refused job leaves no trace.
     lock.check_free()  # a busy output is refused at once, before minutes of checks
-    ensure_checkpoint(cfg)
-    plan = prepare(cfg, overwrite, built)
+    if model is None:
+        ensure_checkpoint(cfg)
+    plan = prepare(cfg, overwrite, built, model, splits, target_model)
     Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
     lock.acquire()
     if check_existing(cfg.output, plan.spec, overwrite) != plan.mode:
@@ -244,7 +275,8 @@ def _io_mode(cfg: Config, comm: Comm) -> str:
     return "root"
 
 
-def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, Any]) -> Optional[Summary]:
+def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, Any],
+           report: Optional[Callable[[schedule.Progress], None]] = None) -> Optional[Summary]:
     t_start = time.monotonic()
     io = _io_mode(cfg, comm)
     if io == "root" and comm.is_root and cfg.sweep.io != "root":
@@ -286,7 +318,7 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
     with writer if writer is not None else contextlib.nullcontext():
         try:
             for q, ev in zip(todo, evaluators):
-                stats.extend(_run_quantity(cfg, comm, grid, q.name, ev, writer, io))
+                stats.extend(_run_quantity(cfg, comm, grid, q.name, ev, writer, io, report))
         except BaseException:
             if comm.size > 1 and writer is not None and writer.parallel:
                 writer.abandon()  # under MPI the caller aborts every rank: a collective close would hang
@@ -317,14 +349,15 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
 
 
 def _run_quantity(cfg: Config, comm: Comm, grid: Grid, name: str, ev: quants.PointEvaluator,
-                  writer: Optional[SurfaceWriter], io: str) -> List[schedule.RankStats]:
+                  writer: Optional[SurfaceWriter], io: str,
+                  report: Optional[Callable[[schedule.Progress], None]] = None) -> List[schedule.RankStats]:
     """One pass of the scheduler over the points ``name`` has not done; every rank's stats on rank 0."""
     queue = writer.pending(name) if comm.is_root and writer is not None else []
     progress = None
     if comm.is_root:
         progress = schedule.Progress(total=grid.size, done=grid.size - len(queue),
-                                     report=schedule.report_line if cfg.sweep.progress else None,
-                                     every=0.5 if sys.stderr.isatty() else 10.0, label=name)
+                                     report=(report or schedule.report_line) if cfg.sweep.progress else None,
+                                     every=0.5 if sys.stderr.isatty() or report else 10.0, label=name)
     stats = schedule.run(comm, queue, lambda unit, poll: ev.evaluate([grid.coords(p) for p in unit], poll),
                          writer.writer(name) if writer is not None else None, root_writes=(io == "root"),
                          progress=progress, fixed_chunk=cfg.sweep.chunk)

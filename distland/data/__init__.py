@@ -72,19 +72,29 @@ def load_split(name: str, split: str, max_samples: int = 0, class_targets: bool 
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         got = f"a {type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
         raise ValueError(f"data loader {name!r} must return (inputs, targets), got {got}")
+    return as_split(out, f"data {name!r} split {split!r}", max_samples, class_targets)
+
+
+def as_split(pair: Any, where: str, max_samples: int = 0, class_targets: bool = True) -> Split:
+    """``(inputs, targets)`` checked and converted as every split is: float inputs, int64 class indices (any
+    targets for a plug-in loss: ``class_targets=False``), the same number of samples; ``max_samples > 0`` keeps the
+    first that many."""
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise ValueError(f"{where}: expected a pair (inputs, targets), got {type(pair).__name__}")
     try:
-        x, y = (torch.as_tensor(t) for t in out)
+        x, y = (torch.as_tensor(t) for t in pair)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"data loader {name!r}: inputs and targets must be tensors or arrays ({e})") from None
+        raise ValueError(f"{where}: inputs and targets must be tensors or arrays ({e})") from None
     if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"data {name!r} split {split!r}: {tuple(x.shape)} inputs but {tuple(y.shape)} targets")
+        raise ValueError(f"{where}: {tuple(x.shape)} inputs but {tuple(y.shape)} targets")
     if class_targets and (y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.ndim != 1):
-        raise ValueError(f"data {name!r} split {split!r}: targets must be a 1-D integer tensor of class indices, "
-                         f"got {tuple(y.shape)} {y.dtype} (a plug-in loss accepts any targets)")
+        raise ValueError(f"{where}: targets must be a 1-D integer tensor of class indices, got {tuple(y.shape)} "
+                         f"{y.dtype} (a plug-in loss accepts any targets)")
     if not x.is_floating_point() and x.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
-        raise ValueError(f"data {name!r} split {split!r}: inputs must be numbers, got {x.dtype}")
+        raise ValueError(f"{where}: inputs must be numbers, got {x.dtype}")
     if max_samples and max_samples > 0:
         x, y = x[:max_samples], y[:max_samples]
+    x, y = x.detach().cpu(), y.detach().cpu()
     y = y.long() if class_targets else (y.float() if y.is_floating_point() else y)
     return x.float().contiguous(), y.contiguous()
 
