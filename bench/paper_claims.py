@@ -35,7 +35,7 @@ from distland.analysis.sharpness import sharpness_report
 from distland.checkpoint import load_state_dict
 from distland.config import Config, DataConfig, DirectionsConfig, EngineConfig, GridConfig, SweepConfig
 from distland.models import build_model
-from distland.surface import SurfaceData, read
+from distland.surfacefile import SurfaceData, read
 from distland.sweep import run_surface
 from distland.config import DataSource
 from distland.train import TrainConfig, train

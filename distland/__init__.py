@@ -11,16 +11,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# ``distland.surface`` is the module distland/surface.py, made callable (it forwards to distland.api.surface), so
-# that it stays one object whether or not the module was imported first.
-_API = ("read", "interpolate", "trajectory", "Surface")
+_API = ("surface", "read", "interpolate", "trajectory", "Surface")
 
-__all__ = ["surface", *_API, "__version__"]
+__all__ = [*_API, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(importlib.import_module(".api", __name__), name)
-    if name == "surface":
-        return importlib.import_module(".surface", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .analysis.trajectory import Trajectory
-    from .surface import SurfaceData
+    from .surfacefile import SurfaceData
 
 IN_MEMORY = "<in memory>"   # data.name of in-memory tensors, output of in-memory results
 SPLIT_KEYS = ("train", "test")
@@ -194,7 +194,7 @@ class Surface:
 
 def read(path: Union[str, os.PathLike]) -> Surface:
     """A surface file (distland's, or the paper authors' tool's) as a :class:`Surface`."""
-    from .surface import read as read_file
+    from .surfacefile import read as read_file
 
     return Surface(read_file(str(path)), str(path))
 
@@ -222,7 +222,7 @@ def surface(model: Union["nn.Module", str], data: Any, *, grid: Optional[Mapping
 
     from .comm import get_comm
     from .data import as_split
-    from .surface import read as read_file
+    from .surfacefile import read as read_file
     from .sweep import run_surface
 
     mapping: Dict[str, Any] = {k: copy.deepcopy(v) for k, v in config.items()}

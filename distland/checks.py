@@ -2,7 +2,7 @@
 
 :func:`distland.sweep.prepare` calls them on rank 0 before the job lock is taken and before any file or directory
 is made, so a refused job leaves the disk as it was, and ``--overwrite`` never discards a file for a job that would
-fail later. Each raises ``ValueError`` (or :class:`~distland.surface.SurfaceError`) with one line naming the
+fail later. Each raises ``ValueError`` (or :class:`~distland.surfacefile.SurfaceError`) with one line naming the
 problem and the fix.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from .grid import Grid
 from .losses import Criterion, resolve
-from .surface import ATTR_SLACK, SurfaceError, free_bytes
+from .surfacefile import ATTR_SLACK, SurfaceError, free_bytes
 
 CHECK_BATCH = 256
 FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -30,7 +30,7 @@ def describe_environment() -> str:
 
 
 def describe_surface(path: str) -> str:
-    from .surface import SurfaceError, read
+    from .surfacefile import SurfaceError, read
 
     data = read(path)
     n_done, n = int(data.done.sum()), data.done.size
@@ -96,7 +96,7 @@ def describe_surface(path: str) -> str:
 def compare_surfaces(paths: List[str], metric: str = "train_loss") -> str:
     """The side-by-side table of :mod:`distland.analysis.compare` for several files, with its caveats."""
     from .analysis import compare
-    from .surface import read
+    from .surfacefile import read
 
     datas = [(p, read(p)) for p in paths]
     columns = [(p.rsplit("/", 1)[-1].rsplit(".", 1)[0], d) for p, d in datas]

@@ -128,7 +128,7 @@ def report(directory: str, configs: Dict[str, Any], manifest: Dict[str, Any], pl
            figures: Optional[str] = None) -> str:
     """The comparison tables, figures and verdicts of a computed config set."""
     from .analysis import compare
-    from .surface import read
+    from .surfacefile import read
 
     datas = {name: read(cfg.output) for name, cfg in configs.items()}
     nums = {name: compare.numbers(d) for name, d in datas.items()}

@@ -38,7 +38,7 @@ from .data import load_splits
 from .grid import Grid
 from .losses import resolve as resolve_loss
 from .models import build_model
-from .surface import (JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing, h5py_has_mpi,
+from .surfacefile import (JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing, h5py_has_mpi,
                       remove_temporary, set_attrs, stored_progress)
 from .train import ensure_checkpoint
 
@@ -380,7 +380,7 @@ def summarize(cfg: Config, grid: Grid, computed: int, seconds: float, ranks: int
     """Read the finished file back, add the sharpness report (when complete) to ``attrs`` and store them in one
     atomic update."""
     from .analysis import convergence
-    from .surface import read
+    from .surfacefile import read
 
     data = read(cfg.output)
     update = dict(attrs or {})

@@ -33,7 +33,7 @@ def slow_mlp(delay: float = 0.0, fail_rank: int = -1, fail_after: int = 0) -> nn
 
 # ------------------------------------------------------------------------------------------ a plug-in quantity
 from distland.quantities import PointEvaluator, Quantity  # noqa: E402
-from distland.surface import Dataset, QuantityLayout  # noqa: E402
+from distland.surfacefile import Dataset, QuantityLayout  # noqa: E402
 
 
 class CoordQuantity(Quantity):

@@ -19,7 +19,7 @@ import distland
 from distland import cli
 from distland.config import ConfigError
 from distland.data import load_split
-from distland.surface import SurfaceError
+from distland.surfacefile import SurfaceError
 
 from conftest import SAMPLES, make_model, save_checkpoint, small_config_dict, write_yaml
 
@@ -283,7 +283,7 @@ def test_progress_bar_and_switch(digits, capfd):
 
 def test_import_distland_is_light():
     code = ("import sys, distland; assert not {'torch', 'h5py', 'mpi4py'} & set(sys.modules), sys.modules.keys(); "
-            "import distland.surface as m; assert callable(distland.surface) and m is distland.surface; "
+            "import distland.surfacefile; assert distland.surface.__module__ == 'distland.api'; "
             "print(distland.read.__module__)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

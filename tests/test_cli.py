@@ -11,7 +11,7 @@ import pytest
 
 import distland
 from distland import cli
-from distland.surface import read
+from distland.surfacefile import read
 
 from conftest import small_config_dict, write_yaml
 

@@ -409,7 +409,7 @@ def test_bf16_is_opt_in_and_reports_its_measured_error(tmp_path, digits_train):
 
 
 def test_a_bf16_file_is_not_resumed_in_float32(tmp_path, digits_train):
-    from distland.surface import SurfaceError
+    from distland.surfacefile import SurfaceError
 
     out = tmp_path / "s.h5"
     run_surface(small_config(out, "engine.precision=bf16"))

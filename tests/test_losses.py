@@ -13,7 +13,7 @@ from conftest import make_model, small_config
 from distland.config import ConfigError, load
 from distland.evaluate import split_loss
 from distland.losses import resolve
-from distland.surface import SurfaceError, read
+from distland.surfacefile import SurfaceError, read
 from distland.sweep import run_surface
 from distland.train import TrainConfig, train
 

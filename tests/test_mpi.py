@@ -275,7 +275,7 @@ def test_mpi_lock_on_the_real_path_and_creation_by_rename(tmp_path):
     """A 2-rank job through a symlink is refused while the file it points to is locked (the lock is keyed on the
     resolved path), and creates nothing; accepted, it creates the target collectively under a temporary name, renames
     it into place and leaves no temporary and no lock file."""
-    from distland.surface import JobLock
+    from distland.surfacefile import JobLock
 
     target, link = tmp_path / "a.h5", tmp_path / "b.h5"
     link.symlink_to(target.name)  # dangling until the job creates a.h5

@@ -12,7 +12,7 @@ from conftest import small_config
 from distland.config import ConfigError
 from distland.engine import Engine
 from distland.evaluate import SurfaceEvaluator
-from distland.surface import SurfaceError, read
+from distland.surfacefile import SurfaceError, read
 from distland.sweep import run_surface
 
 COORD = "plugins:CoordQuantity"

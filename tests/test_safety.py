@@ -18,7 +18,7 @@ import yaml
 
 from distland import cli
 from distland.config import load_config
-from distland.surface import JobLock, SurfaceError, read
+from distland.surfacefile import JobLock, SurfaceError, read
 from distland.sweep import run_surface
 
 from conftest import fingerprint, small_config, small_config_dict, write_yaml
@@ -122,7 +122,7 @@ def test_disk_full_while_resuming_keeps_every_point_and_the_file_readable(tmp_pa
 
 def test_a_failed_attribute_update_leaves_the_file_unchanged(tmp_path, monkeypatch):
     """The same guarantee without a mount: the space check, and a real write error in the middle of the copy."""
-    from distland import surface
+    from distland import surfacefile as surface
     from distland.analysis import store_report
 
     out = tmp_path / "s.h5"
@@ -336,7 +336,7 @@ def test_broken_plugins_are_one_line_errors(badplug, capsys, changes, words):
 # ------------------------------------------------------------------------------------------------ kill -9
 KILLER = '''
 import os, sys
-from distland import surface
+from distland import surfacefile as surface
 real = surface.SurfaceWriter._create
 
 def dying(f, spec):
@@ -358,7 +358,7 @@ def test_kill_during_creation_leaves_the_output_path_alone(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9
     assert not out.exists(), "a killed creation left a file at the output path"
-    from distland.surface import temporary_path
+    from distland.surfacefile import temporary_path
 
     assert Path(temporary_path(str(out))).exists()  # the half-made temporary: reused by the next run
     assert run_surface(load_config(job)).computed == 9

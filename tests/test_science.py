@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------------------------- convergence
 def test_untrained_centre_is_reported_as_not_a_minimizer(tmp_path, capsys):
     from distland.info import describe_surface
-    from distland.surface import read
+    from distland.surfacefile import read
     from distland.sweep import run_surface
 
     out = tmp_path / "init.h5"
@@ -50,7 +50,7 @@ def test_convergence_measure_matches_plain_torch_and_leaves_the_model_alone(digi
 
 # --------------------------------------------------------------------------------------------- interpolation
 def test_interpolation_beyond_one_stays_finite_and_exact_at_both_ends(tmp_path, digits_train):
-    from distland.surface import read
+    from distland.surfacefile import read
     from distland.sweep import run_surface
     from conftest import make_model
 

@@ -13,7 +13,7 @@ from distland.analysis.sharpness import (axis_width, center_loss, fit_quadratic,
 
 
 def surface(x, y, fn, kind="random", done=None):
-    """A stand-in for distland.surface.SurfaceData holding ``train_loss`` = fn(x, y) on the grid."""
+    """A stand-in for distland.surfacefile.SurfaceData holding ``train_loss`` = fn(x, y) on the grid."""
     x = np.asarray(x, float)
     if y is None:
         values = fn(x)

@@ -16,7 +16,7 @@ from distland.config import config_from_yaml_text
 from distland.evaluate import SurfaceEvaluator
 from distland.grid import Grid
 from distland.quantities.loss import LossQuantity, dataset_names
-from distland.surface import (JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing,
+from distland.surfacefile import (JobLock, SurfaceError, SurfaceSpec, SurfaceWriter, check_existing,
                               read)
 from distland.sweep import prepare, run_surface
 

@@ -71,7 +71,7 @@ def roughness(x: np.ndarray, y: np.ndarray, values: np.ndarray, done: Optional[n
 
 
 def numbers(data: Any, metric: str = "train_loss") -> Dict[str, float]:
-    """Every number the table shows for one :class:`~distland.surface.SurfaceData`: sharpness (stored when it was
+    """Every number the table shows for one :class:`~distland.surfacefile.SurfaceData`: sharpness (stored when it was
     stored for ``metric``, else computed), convergence at θ*, test accuracy at the centre, roughness (2-D)."""
     stored = read_report(data.attrs) if str(data.attrs.get("sharpness.metric", "")) == metric else {}
     out: Dict[str, float] = dict(stored or (sharpness_report(data, metric) if metric in data.metrics else {}))

@@ -317,7 +317,7 @@ def lmc_error_barrier(alpha: np.ndarray, accuracy: np.ndarray, done: Optional[np
 # ----------------------------------------------------------------------------------------------- the report
 def sharpness_report(data: Any, metric: str = "train_loss", radius: float = 0.25, threshold: float = 0.1,
                      fit_radius: Optional[float] = None) -> Report:
-    """All numbers of the module docstring for one metric of a :class:`distland.surface.SurfaceData`."""
+    """All numbers of the module docstring for one metric of a :class:`distland.surfacefile.SurfaceData`."""
     if metric not in data.metrics:
         raise KeyError(f"surface {getattr(data, 'path', '')!r} has no metric {metric!r}; "
                        f"it has {', '.join(sorted(data.metrics)) or 'none'}")
@@ -394,7 +394,7 @@ def _kind(data: Any) -> str:
 def store_report(path: str, report: Report, metric: Optional[str] = None) -> None:
     """Write ``sharpness.<name>`` attributes on the file's root, replacing any from an earlier report (stale
     numbers from other settings must go)."""
-    from ..surface import set_attrs
+    from ..surfacefile import set_attrs
 
     set_attrs(path, report_attrs(report, metric), replace_prefix=PREFIX)
 

@@ -375,7 +375,7 @@ def topology_numbers(values: np.ndarray, axes: Optional[Sequence[np.ndarray]] = 
 
 
 def topology_report(data: Any, metric: str = "train_loss", thresholds: Sequence[float] = THRESHOLDS) -> Report:
-    """:func:`topology_numbers` of one metric of a :class:`distland.surface.SurfaceData` (1-D, 2-D or N-D)."""
+    """:func:`topology_numbers` of one metric of a :class:`distland.surfacefile.SurfaceData` (1-D, 2-D or N-D)."""
     axes = [data.x] + ([] if getattr(data, "y", None) is None else [data.y])
     axes += list(getattr(data, "extra_axes", []) or [])
     values = np.asarray(data.metrics[metric], dtype=np.float64)

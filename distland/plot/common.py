@@ -44,8 +44,8 @@ class PlotOptions:
 
 
 def load(path: str) -> Any:
-    """Read a surface file through :func:`distland.surface.read`, turning every failure into a :class:`PlotError`."""
-    from distland.surface import read   # h5py is not needed for `distland --help`
+    """Read a surface file through :func:`distland.surfacefile.read`, turning every failure into a :class:`PlotError`."""
+    from distland.surfacefile import read   # h5py is not needed for `distland --help`
 
     if not os.path.exists(path):
         raise PlotError(f"no such file: {path}")

@@ -1,6 +1,6 @@
 """What one grid point computes: the seam where per-point quantities plug in.
 
-A :class:`Quantity` declares the datasets it keeps in the surface file (:class:`~distland.surface.QuantityLayout`:
+A :class:`Quantity` declares the datasets it keeps in the surface file (:class:`~distland.surfacefile.QuantityLayout`:
 names, dtypes, fill values, the settings that determine its values) and, on each rank, starts a
 :class:`PointEvaluator` that computes those datasets for a unit of grid points on the rank's device. The scheduler,
 the file, resume, ``done`` masks, progress and ``distland info`` handle every quantity alike without knowing what it
@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the config validates quantity names without importing torch
     from torch import nn
 
     from ..engine import Engine
-    from ..surface import QuantityLayout
+    from ..surfacefile import QuantityLayout
 
 Tensors = Mapping[str, "torch.Tensor"]
 Poll = Optional[Callable[[], None]]

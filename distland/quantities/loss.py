@@ -10,7 +10,7 @@ import numpy as np
 from .. import engine as engines
 from ..evaluate import SurfaceEvaluator
 from ..losses import Criterion, resolve
-from ..surface import Dataset, QuantityLayout
+from ..surfacefile import Dataset, QuantityLayout
 from . import Context, PointEvaluator, Poll, Quantity
 
 KINDS = ("loss", "acc")

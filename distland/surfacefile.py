@@ -24,9 +24,7 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -552,18 +550,3 @@ def _attr(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
     return v
-
-
-# ------------------------------------------------------------------------------------------------ the API's name
-class _CallableModule(types.ModuleType):
-    """This module doubles as the Python API's entry point: ``distland.surface(model, data, ...)`` is
-    :func:`distland.api.surface`. (The package attribute ``distland.surface`` is this module as soon as anything
-    imports it, so the function cannot live under that name beside it.)"""
-
-    def __call__(self, model: Any, data: Any, **kwargs: Any) -> Any:
-        from .api import surface
-
-        return surface(model, data, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
