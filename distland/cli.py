@@ -24,13 +24,19 @@ PLUGGED: Dict[str, Tuple[str, str]] = {
 EXIT_USAGE = 2
 
 
+def add_overrides(p: argparse.ArgumentParser, example: str = "grid.x=[-1,1,51]", what: str = "a config key"
+                  ) -> None:
+    """Every command's ``--set KEY=VALUE`` (repeatable; values parsed as YAML), stored as ``args.overrides``."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override {what}, e.g. --set {example} (repeatable)")
+
+
 def _add_surface(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("surface", help="compute a loss surface and write its HDF5 file",
                        description="Compute L(θ*+αδ+βη) and accuracy on the grid of CONFIG. Under mpirun/srun "
                                    "the grid is spread over all ranks and written into one parallel-HDF5 file.")
     p.add_argument("config", help="YAML job config (see configs/ and README)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set grid.x=[-1,1,51] (repeatable)")
+    add_overrides(p)
     p.add_argument("--overwrite", action="store_true", help="discard an existing output file of a different job")
     p.add_argument("--verbose", action="store_true", help="every rank reports its device and engine")
     p.set_defaults(func=cmd_surface)
@@ -38,7 +44,7 @@ def _add_surface(sub: argparse._SubParsersAction) -> None:
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="built-in default: train a small net on digits, compute and plot its surface")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-plot", action="store_true", help="skip the plot")
     p.set_defaults(func=cmd_demo)

@@ -129,7 +129,7 @@ class SurfaceEvaluator:
         stream = feed.should_stream(engine.stream_data, nbytes, self.device, engine.ranks_on_device)
         # What only the model and the data could decide, resolved here: the engine as it really runs.
         self.engine = dataclasses.replace(engine, fold_bn=folded is not None, stream_data="on" if stream else "off")
-        self.data: Dict[str, feed.Split] = {
+        self.data: Dict[str, feed.DeviceSplit] = {
             name: feed.place(x, y, self.device, engine.channels_last, engine.batch_size, stream)
             for name, (x, y) in splits.items()}
         self._autocast = torch.bfloat16 if engine.precision == "bf16" else None

@@ -173,11 +173,11 @@ class StreamedSplit:
                 self.free[slot].record(current)
 
 
-Split = Union[ResidentSplit, StreamedSplit]
+DeviceSplit = Union[ResidentSplit, StreamedSplit]
 
 
 def place(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool, batch_size: int,
-          stream: bool) -> Split:
+          stream: bool) -> DeviceSplit:
     """The split on ``device``: streamed if ``stream``, else resident."""
     if stream:
         return StreamedSplit(x, y, device, channels_last, batch_size)

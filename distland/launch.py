@@ -342,6 +342,8 @@ _FLAG_OPTIONS = ("nodes", "ntasks_per_node", "gpus_per_task", "time", "account",
 
 def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``distland launch slurm`` on the top-level subparsers."""
+    from .cli import add_overrides
+
     launch = subparsers.add_parser("launch", help="write (and submit) cluster job scripts",
                                    description="Write job scripts that run `distland surface` on a cluster.")
     targets = launch.add_subparsers(dest="launch_target", metavar="TARGET", required=True)
@@ -364,8 +366,7 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=LAUNCHERS, help="srun --mpi=pmix (default) or mpirun inside the job")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="any option (list below); lists repeat to append, env.NAME=VALUE sets a variable")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override passed on to `distland surface`")
+    add_overrides(p, what="a config key, passed on to `distland surface`")
     p.add_argument("--out", metavar="FILE", help="write the script here instead of printing it")
     p.add_argument("--submit", action="store_true", help="submit with sbatch and print the job id")
     p.add_argument("--no-check", action="store_true",

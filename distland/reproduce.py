@@ -33,12 +33,13 @@ class ReproduceError(ValueError):
 
 
 def add_subcommand(subparsers: Any) -> None:
+    from .cli import add_overrides
+
     p = subparsers.add_parser("reproduce", help="run a config set (train, surfaces, plots) and check its claims",
                               description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", metavar="DIR", help="a config set, e.g. configs/small")
     p.add_argument("--only", metavar="TEXT", default="", help="only the surface configs whose name contains TEXT")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of every surface config, e.g. --set engine.threads=1 (repeatable)")
+    add_overrides(p, "engine.threads=1", "a key of every surface config")
     p.add_argument("--no-plot", action="store_true", help="compute and compare, draw nothing")
     p.add_argument("--figures", metavar="DIR", help="where the figures go (default: next to the surfaces)")
     p.set_defaults(func=run_cli)

@@ -348,13 +348,14 @@ def ensure_checkpoint(cfg: Any) -> None:
 
 def add_subcommand(subparsers: Any) -> None:
     """Register ``train CONFIG [--set key=value ...]`` on an argparse subparsers object."""
+    from .cli import add_overrides
+
     p = subparsers.add_parser(
         "train", help="train a model with the paper's recipe (resumable)",
         description="Train a model and write checkpoints, metrics and a resume point under out_dir. "
                     "Re-running the same command resumes; a finished run is not repeated.")
     p.add_argument("config", metavar="CONFIG", help="training config YAML (e.g. configs/small/train/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, value parsed as YAML (repeatable), e.g. --set epochs=5")
+    add_overrides(p, "epochs=5")
     p.set_defaults(func=run_cli)
 
 
@@ -370,10 +371,9 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m distland.train CONFIG [--set ...]``, the same as ``distland train``."""
-    parser = argparse.ArgumentParser(prog="distland")
-    add_subcommand(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    from .cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

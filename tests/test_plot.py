@@ -382,3 +382,10 @@ def test_main_takes_an_argument_list(curve, tmp_path, capsys):
 def test_cli_module_does_not_import_matplotlib():
     code = "import sys, distland.plot.cli; sys.exit(1 if 'matplotlib' in sys.modules or 'plotly' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_every_2d_kind_has_exactly_one_drawing_function():
+    from distland.plot.common import KINDS_2D
+    from distland.plot.surface import DRAW_2D
+
+    assert tuple(DRAW_2D) == KINDS_2D

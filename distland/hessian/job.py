@@ -279,11 +279,7 @@ def plot_result(res: Result) -> List[str]:
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density (log)")
         ax.set_title(f"{res.model}: Hessian eigenvalue density (SLQ, {len(res.nodes)} probe(s))")
-        p = f"{stem}_density.png"
-        fig.tight_layout()
-        fig.savefig(p, dpi=150)
-        plt.close(fig)
-        written.append(p)
+        written.append(_save(plt, fig, f"{stem}_density.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
     idx = np.arange(1, len(res.eigenvalues) + 1)
     ax.stem(idx, res.eigenvalues)
@@ -291,17 +287,22 @@ def plot_result(res: Result) -> List[str]:
     ax.set_ylabel("eigenvalue")
     ax.set_xticks(idx)
     ax.set_title(f"{res.model}: top-{len(idx)} Hessian eigenvalues")
-    p = f"{stem}_eigenvalues.png"
-    fig.tight_layout()
-    fig.savefig(p, dpi=150)
-    plt.close(fig)
-    written.append(p)
+    written.append(_save(plt, fig, f"{stem}_eigenvalues.png"))
     return written
+
+
+def _save(plt: Any, fig: Any, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
 
 
 # ------------------------------------------------------------------------------------------------ command line
 def add_subcommand(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     """Register ``distland hessian``."""
+    from ..cli import add_overrides
+
     p = subparsers.add_parser(
         "hessian", help="the Hessian at θ*: top eigenpairs, trace, eigenvalue density",
         description="Compute, at the checkpoint of a surface CONFIG, the top-k Hessian eigenpairs (Lanczos), the "
@@ -309,8 +310,7 @@ def add_subcommand(subparsers: "argparse._SubParsersAction") -> argparse.Argumen
                     "quadrature); write them to an HDF5 file whose top-2 eigenvectors are surface directions. "
                     "Under mpirun the probes are spread over the ranks.")
     p.add_argument("config", help="YAML job config (the surface config; its hessian: section)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set hessian.top_k=10 (repeatable)")
+    add_overrides(p, "hessian.top_k=10")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-plot", action="store_true", help="skip the plots")
     p.set_defaults(func=run_cli)

@@ -13,7 +13,7 @@ from .common import METRICS, KINDS, PlotError, PlotOptions
 _LAZY = {
     "plot_1d": "surface", "plot_2d": "surface", "plot_compare": "surface", "draw_2d": "surface", "save": "surface",
     "export_vts": "export", "export_xdmf": "export", "export_html": "export",
-    "Trajectory": "trajectory", "read_trajectory": "trajectory", "overlay_trajectory": "trajectory",
+    "ProjectedPath": "trajectory", "read_trajectory": "trajectory", "overlay_trajectory": "trajectory",
     "plot_files": "cli", "load": "common",
 }
 

@@ -89,10 +89,9 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``distland plot`` as a function of its arguments (``argv`` without the word ``plot``)."""
-    parser = argparse.ArgumentParser(prog="distland")
-    add_subcommand(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["plot", *(sys.argv[1:] if argv is None else argv)])
-    return run_cli(args)
+    from ..cli import main as cli_main
+
+    return cli_main(["plot", *(sys.argv[1:] if argv is None else argv)])
 
 
 def options_from_args(args: argparse.Namespace) -> PlotOptions:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib import colors, ticker
@@ -17,7 +17,7 @@ from .common import (KINDS_2D, METRICS, PlotError, PlotOptions, choose_levels, d
                      metric_label,
                      minimizer_warning, model_name, pick_metric, plane, stem, title, transform_scalar, value_range,
                      values)
-from .trajectory import Trajectory, overlay_trajectory
+from .trajectory import ProjectedPath, overlay_trajectory
 
 CMAP = "viridis"
 
@@ -56,6 +56,45 @@ def colour_norm(levels: np.ndarray) -> colors.Normalize:
                            vmin=levels[0], vmax=levels[-1])
 
 
+def _contour(ax: Any, x: np.ndarray, y: np.ndarray, z: Any, levels: np.ndarray, norm: Any, opts: PlotOptions) -> Any:
+    m = ax.contour(x, y, z, levels=levels, cmap=CMAP, norm=norm, linewidths=1.0)
+    if len(m.levels):
+        ax.clabel(m, m.levels[::2], inline=True, fontsize=7, fmt=_formatter(opts.log))
+    return m
+
+
+def _contourf(ax: Any, x: np.ndarray, y: np.ndarray, z: Any, levels: np.ndarray, norm: Any, opts: PlotOptions
+              ) -> Any:
+    return ax.contourf(x, y, z, levels=levels, cmap=CMAP, norm=norm,
+                       extend=_extend(z, float(levels[0]), float(levels[-1])))
+
+
+def _heatmap(ax: Any, x: np.ndarray, y: np.ndarray, z: Any, levels: np.ndarray, norm: Any, opts: PlotOptions) -> Any:
+    # 'nearest' centres each cell on its grid point, so cell (i, j) shows exactly the value at (x_i, y_j).
+    return ax.pcolormesh(x, y, z, shading="nearest", cmap=CMAP, norm=norm)
+
+
+def _surface3d(ax: Any, x: np.ndarray, y: np.ndarray, z: Any, levels: np.ndarray, norm: Any, opts: PlotOptions
+               ) -> Any:
+    lo, hi = float(levels[0]), float(levels[-1])
+    top = transform_scalar(opts.zmax, opts.log, "zmax")
+    top = hi if top is None else top
+    # Heights are clipped so one diverged corner cannot squash the basin flat; gaps stay NaN (holes).
+    heights = np.minimum(z.filled(np.nan), top)
+    xx, yy = np.meshgrid(x, y)
+    m = ax.plot_surface(xx, yy, heights, cmap=CMAP, norm=norm, rstride=1, cstride=1, linewidth=0,
+                        antialiased=False)
+    bottom = min(lo, float(np.nanmin(heights)))
+    ax.set_zlim(bottom, max(top, bottom + 1e-9))     # a --zmax below the data must not invert the axis
+    ax.zaxis.set_major_formatter(_formatter(opts.log))
+    return m
+
+
+# The 2-D kinds (common.KINDS_2D), each a function (ax, x, y, z, levels, norm, opts) -> colour mappable.
+DRAW_2D: Dict[str, Callable[..., Any]] = {"contour": _contour, "contourf": _contourf, "heatmap": _heatmap,
+                                          "surface3d": _surface3d}
+
+
 def draw_2d(ax: Any, data: Any, kind: str, metric: str, opts: PlotOptions, levels: np.ndarray) -> Any:
     """Draw one 2-D panel on ``ax`` (a 3-D axes for ``surface3d``) and return its colour mappable.
 
@@ -67,28 +106,7 @@ def draw_2d(ax: Any, data: Any, kind: str, metric: str, opts: PlotOptions, level
     z = plane(data, metric, opts.log)               # (ny, nx), masked gaps
     if z.count() == 0:
         raise PlotError(f"{data.path}: no finite {metric} values to draw")
-    lo, hi = float(levels[0]), float(levels[-1])
-    norm = colour_norm(levels)
-    if kind == "contour":
-        m = ax.contour(x, y, z, levels=levels, cmap=CMAP, norm=norm, linewidths=1.0)
-        if len(m.levels):
-            ax.clabel(m, m.levels[::2], inline=True, fontsize=7, fmt=_formatter(opts.log))
-    elif kind == "contourf":
-        m = ax.contourf(x, y, z, levels=levels, cmap=CMAP, norm=norm, extend=_extend(z, lo, hi))
-    elif kind == "heatmap":
-        # 'nearest' centres each cell on its grid point, so cell (i, j) shows exactly the value at (x_i, y_j).
-        m = ax.pcolormesh(x, y, z, shading="nearest", cmap=CMAP, norm=norm)
-    else:
-        top = transform_scalar(opts.zmax, opts.log, "zmax")
-        top = hi if top is None else top
-        # Heights are clipped so one diverged corner cannot squash the basin flat; gaps stay NaN (holes).
-        heights = np.minimum(z.filled(np.nan), top)
-        xx, yy = np.meshgrid(x, y)
-        m = ax.plot_surface(xx, yy, heights, cmap=CMAP, norm=norm, rstride=1, cstride=1, linewidth=0,
-                            antialiased=False)
-        bottom = min(lo, float(np.nanmin(heights)))
-        ax.set_zlim(bottom, max(top, bottom + 1e-9))     # a --zmax below the data must not invert the axis
-        ax.zaxis.set_major_formatter(_formatter(opts.log))
+    m = DRAW_2D[kind](ax, x, y, z, levels, colour_norm(levels), opts)
     if kind != "surface3d":
         ax.set_xlim(x.min(), x.max())
         ax.set_ylim(y.min(), y.max())
@@ -112,7 +130,7 @@ def _colorbar(fig: Figure, mappable: Any, ax: Any, metric: str, opts: PlotOption
     cb.update_ticks()
 
 
-def plot_2d(data: Any, kind: str, opts: PlotOptions, trajectory: Optional[Trajectory] = None) -> Figure:
+def plot_2d(data: Any, kind: str, opts: PlotOptions, trajectory: Optional[ProjectedPath] = None) -> Figure:
     """One 2-D plot of one surface file, optionally with a trajectory over it (planar kinds only)."""
     _check_2d(data, kind)
     metric = pick_metric(data, opts.metric)

@@ -12,7 +12,7 @@ from .common import PlotError
 
 
 @dataclass
-class Trajectory:
+class ProjectedPath:
     """A path projected on the two principal directions, one point per saved epoch."""
 
     coords: np.ndarray                   # (K, 2)
@@ -30,7 +30,7 @@ class Trajectory:
         return f"PC{k + 1}: {100.0 * float(self.explained_variance[k]):.1f}%{'' if self.centered else ' (uncentered)'}"
 
 
-def read_trajectory(path: str) -> Trajectory:
+def read_trajectory(path: str) -> ProjectedPath:
     """Read ``trajectory/coords``, ``trajectory/labels``, optional ``trajectory/lr_drops`` and the variance ratio."""
     import h5py
 
@@ -50,7 +50,7 @@ def read_trajectory(path: str) -> Trajectory:
     if coords.ndim != 2 or coords.shape[1] != 2 or len(labels) != len(coords):
         raise PlotError(f"{path}: trajectory/coords must be (K, 2) with K labels, got {coords.shape} and "
                         f"{len(labels)} labels")
-    return Trajectory(coords, labels.astype(int), np.atleast_1d(drops).astype(int),
+    return ProjectedPath(coords, labels.astype(int), np.atleast_1d(drops).astype(int),
                       None if evr is None else np.asarray(evr, dtype=np.float64), path, centered)
 
 
@@ -77,7 +77,7 @@ def check_trajectory_plane(surface_path: str, trajectory_path: str) -> None:
                                 f"directions.file: {trajectory_path}")
 
 
-def overlay_trajectory(ax: Any, traj: Trajectory, max_labels: int = 12) -> None:
+def overlay_trajectory(ax: Any, traj: ProjectedPath, max_labels: int = 12) -> None:
     """Draw the path with epoch markers, label every few epochs, star the lr drops and name the axes by PC."""
     c = traj.coords
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
