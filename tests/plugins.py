@@ -22,8 +22,10 @@ class SlowMLP(nn.Module):
         rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMIX_RANK", "0")))
         if rank == self.fail_rank and self.calls > self.fail_after:
             raise RuntimeError(f"injected failure on rank {rank}")
-        if self.delay:
-            time.sleep(self.delay)
+        # DISTLAND_TEST_DELAY slows one run of a job without changing its config (so a rerun resumes it).
+        delay = float(os.environ.get("DISTLAND_TEST_DELAY", self.delay))
+        if delay:
+            time.sleep(delay)
         return self.net(x)
 
 

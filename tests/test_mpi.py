@@ -210,20 +210,32 @@ def test_kill9_then_resume_with_fewer_ranks(tmp_path, reference):
 
 
 def test_second_job_on_same_output_refused(tmp_path):
-    cfg = write_config(tmp_path, "busy", model_args={"delay": 0.25})
+    """A second job on an output that a running job writes is refused at once; the first job is then killed
+    (it could otherwise finish before the second one has even started, on a loaded machine) and a rerun
+    completes the grid from what it saved: nothing lost."""
+    cfg = write_config(tmp_path, "busy")
     out = tmp_path / "busy.h5"
-    first = subprocess.Popen(distland_cmd(2, cfg), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    slow = {**_env(), "DISTLAND_TEST_DELAY": "2.0"}   # ~70 s of work: outlasts the second job's start
+    first = subprocess.Popen(distland_cmd(2, cfg), env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
     try:
-        _wait_for_points(out, 2, first)
+        _wait_for_points(out, 1, first)
         second = run(2, cfg, timeout=120)
+        assert first.poll() is None, "the first job ended before the second was refused: the test proves nothing"
         assert second.returncode != 0
         assert "another distland job is writing" in second.stderr
-        _, err = first.communicate(timeout=180)
-        assert first.returncode == 0, err
+        pids = [p for p in _rank_pids(str(cfg)) if "mpirun" not in Path(f"/proc/{p}/cmdline").read_text()]
+        os.kill(sorted(pids)[-1], signal.SIGKILL)   # a rank dies: mpirun ends the job (as in the kill -9 test)
+        first.communicate(timeout=60)
     finally:
         if first.poll() is None:
-            first.kill()
+            os.killpg(first.pid, signal.SIGKILL)
+            first.communicate(timeout=60)
+    saved = arrays(out)["done"]
+    assert 0 < saved.sum() < saved.size
+    r = run(2, cfg, timeout=120)   # the same job, at full speed: resumes
+    assert "computed" in r.stdout and f"computed {saved.size - int(saved.sum())} point(s)" in r.stdout, r.stdout
+    assert r.returncode == 0, r.stderr
     assert arrays(out)["done"].all()
 
 
