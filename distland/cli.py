@@ -134,11 +134,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(summary.text())
     if not args.no_plot:
         try:
-            from .plot.cli import main as plot_main
+            import matplotlib  # noqa: F401
         except ImportError:
             print("distland: plotting is unavailable (matplotlib missing?)", file=sys.stderr)
         else:
-            plot_main([cfg.output])
+            main(["plot", cfg.output])
     return 0
 
 

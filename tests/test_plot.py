@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 from matplotlib import image as mpimg  # noqa: E402
 from matplotlib.collections import QuadMesh  # noqa: E402
 
+from distland import cli  # noqa: E402
 from distland.plot import PlotError, PlotOptions  # noqa: E402
 from distland.plot import cli as plot_cli  # noqa: E402
 from distland.plot.common import choose_levels, load, plane, value_range, values  # noqa: E402
@@ -375,7 +376,7 @@ def test_cli_errors_are_clear(surf, curve, tmp_path, capsys):
 
 
 def test_main_takes_an_argument_list(curve, tmp_path, capsys):
-    assert plot_cli.main([curve, "--out", str(tmp_path / "m")]) == 0
+    assert cli.main(["plot", curve, "--out", str(tmp_path / "m")]) == 0
     assert os.path.exists(tmp_path / "m" / "curve_1d.png") and "curve_1d.png" in capsys.readouterr().out
 
 

@@ -268,16 +268,16 @@ def _write(path, x, y, v):
 
 def test_plot_persistence_side_by_side_and_info(tmp_path, capsys):
     from distland.info import describe_surface
-    from distland.plot import cli as plot_cli
+    from distland import cli
 
     axis, v = rastrigin_like(step=1 / 4)
     a = _write(str(tmp_path / "a.h5"), axis, axis, v)
     b = _write(str(tmp_path / "b.h5"), axis, axis, axis[:, None] ** 2 + axis[None, :] ** 2)
-    assert plot_cli.main([a, b, "--kinds", "persistence", "--out", str(tmp_path)]) == 0
+    assert cli.main(["plot", a, b, "--kinds", "persistence", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     png = tmp_path / "compare_a_b_persistence_train_loss.png"
     assert f"wrote {png}" in out and png.stat().st_size > 10_000
-    assert plot_cli.main([a, "--kinds", "persistence", "--out", str(tmp_path)]) == 0
+    assert cli.main(["plot", a, "--kinds", "persistence", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "a_persistence_train_loss.png").exists()
     from distland.plot.topology import distances_text
     from distland.plot.common import PlotOptions, load

@@ -87,13 +87,6 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``distland plot`` as a function of its arguments (``argv`` without the word ``plot``)."""
-    from ..cli import main as cli_main
-
-    return cli_main(["plot", *(sys.argv[1:] if argv is None else argv)])
-
-
 def options_from_args(args: argparse.Namespace) -> PlotOptions:
     return PlotOptions(metric=args.metric, log=args.log, vmin=args.vmin, vmax=args.vmax, levels=args.levels,
                        zmax=args.zmax, fmt=args.format, dpi=args.dpi)
