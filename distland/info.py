@@ -48,6 +48,9 @@ def describe_surface(path: str) -> str:
                          f"target), type {d.get('type')}"
                          + (" (BatchNorm variances interpolated geometrically)" if d.get("type") == "states"
                             else ""))
+        elif d.get("kind") == "plane":
+            lines.append(f"  directions plane through the checkpoint (0, 0), {d.get('target')} (1, 0) and "
+                         f"{d.get('target2')} (0, 1), type {d.get('type')}")
         elif d.get("kind") == "file":
             lines.append(f"  directions from file {d.get('file')}, type {d.get('type')}")
         else:

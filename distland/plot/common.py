@@ -244,6 +244,8 @@ def describe(data: Any) -> str:
     kind = str(dirs.get("kind") or "")
     if kind == "interp":  # the normalization applies to random directions only
         parts.append("linear interpolation θ → θ′")
+    elif kind == "plane":
+        parts.append("plane through θ (0,0), θ′ (1,0), θ″ (0,1)")
     elif kind == "file":
         parts.append(f"directions from {Path(str(dirs.get('file') or 'a file')).name}")
     elif dirs.get("norm") or kind:

@@ -1,0 +1,125 @@
+"""Options a reproduction of the paper needs (issue 11 §2): a plane through three models, per-axis direction
+settings and an interpolation x axis with a random y axis, trajectory projection onto given directions, data
+subsets and raw CIFAR-10, and the plot options (error metric, x-limits, contour step, upsampled export)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distland import directions as D
+from distland.config import ConfigError
+
+from conftest import make_model, plain_loss, save_checkpoint, small_config
+
+
+# --------------------------------------------------------------------------------------------- plane
+def _plane_files(tmp_path):
+    return [save_checkpoint(tmp_path / f"m{i}.pt", seed=i) for i in (1, 2, 3)]
+
+
+def test_plane_through_three_models_is_exact_at_its_corners(tmp_path, digits_train):
+    from distland.surfacefile import read
+    from distland.sweep import run_surface
+
+    a, b, c = _plane_files(tmp_path)
+    out = tmp_path / "plane.h5"
+    cfg = small_config(out, f"checkpoint={a}", "directions.kind=plane", f"directions.target={b}",
+                       f"directions.target2={c}", "grid.x=[0, 1, 2]", "grid.y=[0, 1, 2]")
+    assert cfg.directions.resolved_type() == "states"   # the end points' BatchNorm statistics come along
+    run_surface(cfg)
+    data = read(str(out))
+    loss = data.metrics["train_loss"]
+    x, y = digits_train
+    for (i, j), ckpt in (((0, 0), a), ((1, 0), b), ((0, 1), c)):
+        model = make_model()
+        model.load_state_dict(torch.load(ckpt, weights_only=True))
+        assert loss[i, j] == pytest.approx(plain_loss(model, x, y)[0], rel=1e-5), (i, j)
+    # the directions are exactly θ′ − θ and θ″ − θ (BatchNorm running statistics included)
+    sa, sb, sc = (torch.load(p, weights_only=True) for p in (a, b, c))
+    stored = D.load_file(out, {k: v for k, v in sa.items()}, 2)
+    key = next(k for k in sa if k.endswith("running_mean"))
+    np.testing.assert_allclose(stored[0][key].numpy(), (sb[key] - sa[key]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(stored[1][key].numpy(), (sc[key] - sa[key]).numpy(), rtol=1e-6)
+
+
+def test_plane_identity_names_both_targets(tmp_path):
+    from distland.sweep import prepare
+
+    a, b, c = _plane_files(tmp_path)
+    base = [f"checkpoint={a}", "directions.kind=plane", f"directions.target={b}", "grid.x=[0, 1, 2]",
+            "grid.y=[0, 1, 2]"]
+    one = prepare(small_config(tmp_path / "p.h5", *base, f"directions.target2={c}"), False).spec.identity
+    two = prepare(small_config(tmp_path / "p.h5", *base, f"directions.target2={a}"), False).spec.identity
+    assert one["directions"]["target2"] and one["directions"]["target2"] != two["directions"]["target2"]
+    assert one["directions"]["bn_variance"] == "geometric"
+
+
+def test_plane_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="target2"):
+        small_config(tmp_path / "p.h5", "directions.kind=plane", "directions.target=a.pt")
+    with pytest.raises(ConfigError, match="2-D"):
+        small_config(tmp_path / "p.h5", "directions.kind=plane", "directions.target=a.pt",
+                     "directions.target2=b.pt", "grid.y=null")
+    with pytest.raises(ConfigError, match="plane. only"):
+        small_config(tmp_path / "p.h5", "directions.target2=b.pt")
+
+
+def test_plane_default_grid_has_the_three_models_on_it():
+    from distland.config import config_from_mapping
+    from distland.grid import Grid
+
+    cfg = config_from_mapping({"directions": {"kind": "plane", "target": "b.pt", "target2": "c.pt"}})
+    grid = Grid.from_config(cfg.grid)
+    assert 0.0 in grid.x and 1.0 in grid.x and 0.0 in grid.y and 1.0 in grid.y
+
+
+# --------------------------------------------------------------------------------------------- per-axis settings
+@pytest.fixture(scope="module")
+def reference():
+    return D.reference_weights(make_model("democnn", seed=3), "weights")
+
+
+def test_y_axis_norm_and_ignore_override_x(reference):
+    same = D.make_random(reference, 0, "filter", "biasbn", 2)
+    mixed = D.make_random(reference, 0, "filter", "biasbn", 2, ynorm="layer", yignore="none")
+    for key in reference:
+        assert torch.equal(mixed[0][key], same[0][key])           # x untouched
+    conv = next(k for k, v in reference.items() if v.dim() == 4)
+    bias = next(k for k, v in reference.items() if v.dim() == 1)
+    # layer norm on y: the whole tensor has θ's norm, the filters do not each have their filter's norm
+    assert float(mixed[1][conv].double().norm()) == pytest.approx(float(reference[conv].double().norm()), rel=1e-6)
+    assert not torch.allclose(mixed[1][conv], same[1][conv])
+    assert torch.count_nonzero(same[1][bias]) == 0 and torch.count_nonzero(mixed[1][bias]) > 0
+    # the same draws: y under layer norm is parallel to y under filter norm tensor by tensor
+    a, b = mixed[1][conv].double().reshape(-1), same[1][conv].double().reshape(-1)
+    assert float(a @ b / (a.norm() * b.norm())) > 0.5
+
+
+def test_y_axis_settings_in_the_config(tmp_path):
+    cfg = small_config(tmp_path / "s.h5", "directions.ynorm=layer", "directions.yignore=none")
+    assert cfg.directions.axis(0) == ("filter", "biasbn") and cfg.directions.axis(1) == ("layer", "none")
+    with pytest.raises(ConfigError, match="directions.ynorm"):
+        small_config(tmp_path / "s.h5", "directions.ynorm=bogus")
+
+
+def test_interpolation_x_with_random_y(tmp_path, digits_train):
+    from distland.surfacefile import read
+    from distland.sweep import run_surface
+
+    a, b = save_checkpoint(tmp_path / "a.pt", seed=1), save_checkpoint(tmp_path / "b.pt", seed=2)
+    out = tmp_path / "iy.h5"
+    run_surface(small_config(out, f"checkpoint={a}", "directions.kind=interp", f"directions.target={b}",
+                             "directions.ynorm=layer", "grid.x=[0, 1, 2]", "grid.y=[-1, 1, 3]"))
+    data = read(str(out))
+    assert data.metrics["train_loss"].shape == (2, 3)
+    sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    stored = [{k: v.numpy() for k, v in d.items()} for d in D.load_file(out, sa, 2)]
+    conv = next(k for k, v in sa.items() if v.dim() == 4)
+    np.testing.assert_allclose(stored[0][conv], (sb[conv] - sa[conv]).numpy(), rtol=1e-6)
+    y = stored[1][conv]
+    assert np.linalg.norm(y) == pytest.approx(float(sa[conv].double().norm()), rel=1e-5)   # layer-normalized
+    model = make_model()
+    model.load_state_dict(torch.load(b, weights_only=True))
+    x, t = digits_train
+    assert data.metrics["train_loss"][1, 1] == pytest.approx(plain_loss(model, x, t)[0], rel=1e-5)  # (1, 0) = θ′
