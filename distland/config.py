@@ -38,6 +38,10 @@ class DataConfig(DataSource):
 
     split: str = "train"            # train | test | both
     batch_size: int = 0             # 0 = chosen by the engine for the device
+    subset: int = 0                 # a random subset of N samples of each split (0 = all), drawn with subset_seed
+    subset_seed: int = 0
+    split_index: List[int] = field(default_factory=list)   # [k, n]: the k-th of n equal chunks of the train
+                                    # split (the authors' --split_idx k --data_split n); [] = all
 
 
 NORMS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")   # directions.norm (see distland.directions)
@@ -193,6 +197,12 @@ class Config:
             raise ConfigError("sweep.chunk must be >= 0 (0 = adaptive)")
         if self.directions.file and self.directions.kind == "random":
             self.directions.kind = "file"  # a direction file given means: use it
+        if self.data.subset < 0:
+            raise ConfigError("data.subset must be >= 0 (0 = all samples)")
+        if self.data.split_index and not (len(self.data.split_index) == 2
+                                          and 0 <= self.data.split_index[0] < self.data.split_index[1]):
+            raise ConfigError(f"data.split_index must be [k, n] with 0 <= k < n (the k-th of n chunks of the train "
+                              f"split), got {self.data.split_index}")
         if self.data.max_samples < 0 or self.data.batch_size < 0:
             raise ConfigError("data.max_samples and data.batch_size must be >= 0 (0 = all / automatic)")
         check_axis("grid.x", self.grid.x)

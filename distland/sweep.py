@@ -181,7 +181,10 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None,
     identity = {
         "model": cfg.model, "model_args": cfg.model_args, "checkpoint_sha256": ckpt_digest,
         "data": {"name": cfg.data.name, "split": cfg.data.split, "max_samples": cfg.data.max_samples,
-                 "options": cfg.data.options, "digest": data_digest(splits)},
+                 "options": cfg.data.options, "digest": data_digest(splits),
+                 # only when set, so files made before these keys existed still resume
+                 **({"subset": cfg.data.subset, "subset_seed": cfg.data.subset_seed} if cfg.data.subset else {}),
+                 **({"split_index": list(cfg.data.split_index)} if cfg.data.split_index else {})},
         # The resolved type, so a random surface made before `auto` existed (type: weights) still resumes.
         "directions": {**dataclasses.asdict(cfg.directions), "type": cfg.directions.resolved_type(),
                        "target": target_digest, **({"target2": target2_digest} if target2_digest else {}),

@@ -123,3 +123,49 @@ def test_interpolation_x_with_random_y(tmp_path, digits_train):
     model.load_state_dict(torch.load(b, weights_only=True))
     x, t = digits_train
     assert data.metrics["train_loss"][1, 1] == pytest.approx(plain_loss(model, x, t)[0], rel=1e-5)  # (1, 0) = θ′
+
+
+# --------------------------------------------------------------------------------------------- data
+def test_split_index_takes_the_authors_contiguous_chunk_and_subset_is_seeded():
+    from distland.data import select
+
+    x = torch.arange(23.0).reshape(23, 1)
+    y = torch.arange(23)
+    cx, cy = select(x, y, chunk=[2, 5])                 # m = 23 // 5 = 4: samples 8..11
+    assert cy.tolist() == [8, 9, 10, 11] and cx[:, 0].tolist() == [8.0, 9.0, 10.0, 11.0]
+    a = select(x, y, subset=7, seed=3)[1]
+    assert a.tolist() == select(x, y, subset=7, seed=3)[1].tolist()       # reproducible
+    assert a.tolist() != select(x, y, subset=7, seed=4)[1].tolist()       # the seed matters
+    assert len(set(a.tolist())) == 7 and a.tolist() == sorted(a.tolist())
+    with pytest.raises(ValueError, match="data.subset"):
+        select(x, y, subset=30)
+
+
+def test_data_subset_and_split_index_enter_the_identity(tmp_path):
+    from distland.sweep import prepare
+
+    out = tmp_path / "d.h5"
+    plain = prepare(small_config(out, "data.max_samples=0"), False).spec.identity["data"]
+    sub = prepare(small_config(out, "data.max_samples=0", "data.subset=40", "data.subset_seed=5"),
+                  False).spec.identity["data"]
+    chunk = prepare(small_config(out, "data.max_samples=0", "data.split_index=[1, 4]"), False).spec.identity["data"]
+    assert "subset" not in plain and "split_index" not in plain   # files made before these keys still resume
+    assert sub["subset"] == 40 and sub["subset_seed"] == 5 and sub["digest"] != plain["digest"]
+    assert chunk["split_index"] == [1, 4] and chunk["digest"] not in (plain["digest"], sub["digest"])
+    with pytest.raises(ConfigError, match="split_index"):
+        small_config(out, "data.split_index=[4, 4]")
+
+
+def test_raw_cifar10_is_only_scaled_to_unit_range(tmp_path):
+    from distland.data import load_split
+
+    try:
+        import fakecifar as fc
+    except ImportError:  # pragma: no cover - run from the repository root
+        from tests import fakecifar as fc
+    folder = fc.write_fake_cifar(str(tmp_path / "release"), 4, 4)
+    raw, labels = load_split("cifar10", "test", root=folder, normalize=False)
+    data, _ = fc.fake_batch(fc.TEST, 4)
+    np.testing.assert_allclose(raw.numpy(), data.reshape(-1, 3, 32, 32).astype(np.float32) / 255, rtol=1e-6)
+    normalized, _ = load_split("cifar10", "test", root=folder)
+    assert not torch.allclose(raw, normalized) and float(raw.min()) >= 0 and float(raw.max()) <= 1
