@@ -169,3 +169,87 @@ def test_raw_cifar10_is_only_scaled_to_unit_range(tmp_path):
     np.testing.assert_allclose(raw.numpy(), data.reshape(-1, 3, 32, 32).astype(np.float32) / 255, rtol=1e-6)
     normalized, _ = load_split("cifar10", "test", root=folder)
     assert not torch.allclose(raw, normalized) and float(raw.min()) >= 0 and float(raw.max()) <= 1
+
+
+# --------------------------------------------------------------------------------------------- plots
+def _plot_helpers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import test_plot
+
+    return test_plot
+
+
+def test_error_metric_and_any_dataset_can_be_plotted(tmp_path, capsys):
+    from distland.plot.common import load, values
+
+    tp = _plot_helpers()
+    x, y = np.linspace(-1, 1, 5), np.linspace(-1, 1, 4)
+    path = tp.write_surface(str(tmp_path / "s.h5"), x, y, {"train_loss": tp.paraboloid,
+                                                            "train_acc": lambda a, b: 90 - 5 * a ** 2,
+                                                            "grad_norm": tp.tilted})
+    data = load(path)
+    np.testing.assert_allclose(values(data, "train_err", False), 100 - values(data, "train_acc", False))
+    rc, io = tp._run([path, "--metric", "train_err", "--kinds", "contour", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 0 and "s_contour_train_err.png" in io.out
+    rc, io = tp._run([path, "--metric", "grad_norm", "--kinds", "heatmap", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 0 and "s_heatmap_grad_norm.png" in io.out
+    rc, io = tp._run([path, "--metric", "nope"], capsys)
+    assert rc == 2 and "nope" in io.err and "grad_norm" in io.err
+
+
+def test_vlevel_gives_contours_every_step_from_vmin():
+    from distland.plot import PlotOptions
+    from distland.plot.common import choose_levels
+
+    z = np.linspace(0.0, 3.0, 50)
+    levels = choose_levels([z], PlotOptions(vmin=0.1, vmax=3.0, vlevel=0.5))
+    np.testing.assert_allclose(levels, [0.1, 0.6, 1.1, 1.6, 2.1, 2.6, 3.0])
+    auto = choose_levels([z], PlotOptions(vlevel=0.25))
+    assert np.allclose(np.diff(auto), 0.25) and auto[0] <= 0.0 and auto[-1] >= 3.0
+
+
+def test_xlim_limits_a_1d_plot(tmp_path, capsys):
+    from distland.plot import PlotOptions
+    from distland.plot.common import load
+    from distland.plot.surface import plot_1d
+
+    tp = _plot_helpers()
+    xs = np.linspace(-0.5, 1.5, 21)
+    path = tp.write_surface(str(tmp_path / "c.h5"), xs, None, {"train_loss": lambda a, _: 0.1 + a ** 2,
+                                                                "train_acc": lambda a, _: 99 - a ** 2})
+    fig = plot_1d(load(path), PlotOptions(xlim=(0.0, 1.0)))
+    assert fig.axes[0].get_xlim() == (0.0, 1.0)
+    rc, io = tp._run([path, "--xlim", "0", "1", "--metric", "train_err", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 0 and "c_1d_train_err.png" in io.out
+    rc, io = tp._run([path, "--xlim", "1", "0"], capsys)
+    assert rc == 2 and "--xlim" in io.err
+
+
+def test_upsampled_vts_keeps_computed_points_and_gaps(tmp_path):
+    from distland.plot import PlotOptions
+    from distland.plot.common import load
+    from distland.plot.export import export_vts, upsample
+
+    # A cubic is reproduced exactly by the cubic spline between the computed points.
+    x, y = np.linspace(0.0, 3.0, 4), np.linspace(-1.0, 1.0, 5)
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    fine_axes, out = upsample([x, y], {"f": xx ** 3 - yy ** 2}, 3)
+    assert len(fine_axes[0]) == 10 and len(fine_axes[1]) == 13
+    fx, fy = np.meshgrid(*fine_axes, indexing="ij")
+    np.testing.assert_allclose(out["f"], fx ** 3 - fy ** 2, atol=1e-9)
+    # a gap spreads to the fine points of the cells around it, never further
+    tp = _plot_helpers()
+    done = np.ones((4, 5), dtype=bool)
+    done[1, 2] = False
+    data = load(tp.write_surface(str(tmp_path / "u.h5"), x, y, {"train_loss": tp.tilted}, done=done))
+    path = export_vts(data, str(tmp_path / "u"), PlotOptions(upsample=3))
+    header, block = tp._vts_header_and_blocks(path)
+    arrays = {a.get("Name"): a for a in header.iter("DataArray")}
+    loss = block(int(arrays["train_loss"].get("offset")), "<f8").reshape(13, 10)   # VTK order: x fastest
+    assert np.isnan(loss[6, 3])                                       # the computed gap (i=1, j=2)
+    assert np.isnan(loss[4, 1]) and np.isnan(loss[8, 5])              # inside its neighbouring cells
+    assert np.isfinite(loss[0, 0]) and np.isfinite(loss[12, 9]) and np.isfinite(loss[6, 9])
+    np.testing.assert_allclose(loss[::3, ::3][np.isfinite(loss[::3, ::3])],
+                               tp.tilted(*np.meshgrid(x, y))[np.isfinite(loss[::3, ::3])])

@@ -52,8 +52,10 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("surfaces", nargs="+", metavar="SURFACE.h5", help="surface file(s); two or more are compared")
     p.add_argument("--out", metavar="DIR", help="output folder (default: the folder of the first surface file)")
     p.add_argument("--format", choices=FORMATS, default="png", help="image format (default: png)")
-    p.add_argument("--metric", choices=METRICS,
-                   help="metric to draw (default: train_loss, else the first present; 1-D: all of them)")
+    p.add_argument("--metric", metavar="NAME",
+                   help=f"dataset to draw: {', '.join(METRICS)}, train_err / test_err (100 − accuracy), or any "
+                        "other per-point dataset in the file (default: train_loss, else the first present; "
+                        "1-D: all of them)")
     p.add_argument("--kinds", type=_kinds, metavar="K[,K...]",
                    help=f"plots to make, from {', '.join(KINDS + TOPOLOGY_KINDS)}, or none (default: 1d for a "
                         f"1-D surface, {','.join(KINDS_2D)} for a 2-D one; persistence: diagrams and barcodes "
@@ -64,6 +66,14 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--vmin", type=float, help="lower end of the colour scale / contour levels (data units)")
     p.add_argument("--vmax", type=float, help="upper end of the colour scale / contour levels (data units)")
     p.add_argument("--levels", type=_levels, metavar="N", help="number of contour levels (default: 20)")
+    p.add_argument("--vlevel", type=float, metavar="STEP",
+                   help="contour spacing as a step (the authors' --vlevel): levels vmin, vmin+STEP, … (log10 "
+                        "units with --log); replaces --levels")
+    p.add_argument("--xlim", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="1-D plots: the x range shown (the authors' --xmin/--xmax)")
+    p.add_argument("--upsample", type=int, default=1, metavar="K",
+                   help="--vtk: write a K× finer grid, interpolated cubically (linearly on axes of < 4 points) "
+                        "from the computed one; gaps stay gaps (the authors' h52vtp --interp)")
     p.add_argument("--zmax", type=float, help="clip surface heights (3-D plot, VTK, HTML) at this value")
     p.add_argument("--dpi", type=int, default=150, help="resolution of raster images (default: 150)")
     p.add_argument("--trajectory", metavar="TRAJ.h5",
@@ -96,8 +106,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def options_from_args(args: argparse.Namespace) -> PlotOptions:
+    if args.upsample < 1:
+        raise PlotError(f"--upsample must be an integer >= 1, got {args.upsample}")
+    if args.vlevel is not None and not args.vlevel > 0:
+        raise PlotError(f"--vlevel must be a positive number, got {args.vlevel}")
+    if args.xlim is not None and not args.xlim[0] < args.xlim[1]:
+        raise PlotError(f"--xlim MIN MAX needs MIN < MAX, got {args.xlim[0]} {args.xlim[1]}")
     return PlotOptions(metric=args.metric, log=args.log, vmin=args.vmin, vmax=args.vmax, levels=args.levels,
-                       zmax=args.zmax, fmt=args.format, dpi=args.dpi)
+                       zmax=args.zmax, fmt=args.format, dpi=args.dpi,
+                       xlim=None if args.xlim is None else (args.xlim[0], args.xlim[1]), vlevel=args.vlevel,
+                       upsample=args.upsample)
 
 
 def _name(stems: Sequence[str], kind: str, metric: Optional[str], opts: PlotOptions) -> str:
