@@ -253,3 +253,44 @@ def test_upsampled_vts_keeps_computed_points_and_gaps(tmp_path):
     assert np.isfinite(loss[0, 0]) and np.isfinite(loss[12, 9]) and np.isfinite(loss[6, 9])
     np.testing.assert_allclose(loss[::3, ::3][np.isfinite(loss[::3, ::3])],
                                tp.tilted(*np.meshgrid(x, y))[np.isfinite(loss[::3, ::3])])
+
+
+# --------------------------------------------------------------------------------------------- trajectory
+def test_trajectory_projected_onto_a_surfaces_directions_overlays_it(tmp_path, capsys):
+    from distland.analysis import trajectory as T
+    from distland.cli import main
+    from distland.sweep import run_surface
+
+    final = save_checkpoint(tmp_path / "final.pt", seed=1)
+    out = tmp_path / "s.h5"
+    run_surface(small_config(out, f"checkpoint={final}", "directions.ynorm=layer"))
+    ref = torch.load(final, weights_only=True)
+    dx, dy = D.load_file(out, D.reference_weights(make_model(), "weights"), 2)
+    run = tmp_path / "ckpts"
+    run.mkdir()
+    truth = [(0.8, -0.6), (0.5, -0.2), (0.1, 0.05)]
+    for epoch, (a, b) in zip((1, 5, 10), truth):   # θ_k = θ* + a d_x + b d_y exactly
+        state = {k: (v + a * dx[k] + b * dy[k]) if k in dx else v.clone() for k, v in ref.items()}
+        torch.save(state, run / f"model_{epoch}.pt")
+    traj_path = tmp_path / "traj.h5"
+    assert main(["trajectory", str(run), "--final", str(final), "--dir-file", str(out), "--out", str(traj_path),
+                 "--model", "democnn"]) == 0
+    assert "no PCA" in capsys.readouterr().out
+    import h5py
+
+    with h5py.File(traj_path, "r") as f:
+        coords = f["trajectory/coords"][()]
+        assert f.attrs["projected_on"] == str(out)
+    np.testing.assert_allclose(coords, np.array(truth), atol=1e-5)
+    # the surface's plot accepts it (same directions), and a path-only plot is drawn from the file alone
+    assert main(["plot", str(out), "--trajectory", str(traj_path), "--kinds", "contour",
+                 "--out", str(tmp_path / "p")]) == 0
+    assert main(["plot", str(traj_path), "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "traj_path.png").is_file() and "traj_path.png" in capsys.readouterr().out
+    # projections onto another surface's directions are still refused over this one
+    other = tmp_path / "o.h5"
+    run_surface(small_config(other, f"checkpoint={final}", "directions.seed=7"))
+    assert main(["plot", str(other), "--trajectory", str(traj_path), "--kinds", "contour",
+                 "--out", str(tmp_path / "p")]) == 2
+    with pytest.raises(Exception, match="not found"):
+        T.project_onto(str(run), str(final), str(tmp_path / "missing.h5"))

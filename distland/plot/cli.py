@@ -132,7 +132,18 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
     ``on_write`` is called with each path as soon as it is written (big grids take a while per figure).
     """
     from . import export, surface            # matplotlib, plotly and h5py load here, not for `--help`
-    from .trajectory import read_trajectory
+    from .trajectory import is_trajectory_file, plot_path, read_trajectory
+
+    if len(paths) == 1 and os.path.isfile(paths[0]) and is_trajectory_file(paths[0]):
+        # A trajectory file alone: the path-only plot (the authors' plot_trajectory.py output).
+        fig = plot_path(read_trajectory(paths[0]), opts.dpi)
+        folder = out or os.path.dirname(os.path.abspath(paths[0]))
+        out_path = os.path.join(folder, stem(paths[0]) + "_path." + opts.fmt)
+        os.makedirs(os.path.dirname(out_path), exist_ok=True)
+        surface.save(fig, out_path, opts.dpi)
+        if on_write is not None:
+            on_write(out_path)
+        return [out_path]
 
     datas = [load(p) for p in paths]        # every input checked before anything is written
     ndims = {d.ndim for d in datas}
@@ -147,7 +158,8 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
     traj = None
     if trajectory:
         if len(datas) > 1 or ndim != 2:
-            raise PlotError("--trajectory needs exactly one 2-D surface file (the one computed in its PCA plane)")
+            raise PlotError("--trajectory needs exactly one 2-D surface file (the one computed in its PCA plane, "
+                            "or whose directions it was projected onto with --dir-file)")
         traj = read_trajectory(trajectory)
         check_trajectory_plane(datas[0].path, trajectory)
     out_dir = out or os.path.dirname(os.path.abspath(paths[0]))
