@@ -294,3 +294,27 @@ def test_trajectory_projected_onto_a_surfaces_directions_overlays_it(tmp_path, c
                  "--out", str(tmp_path / "p")]) == 2
     with pytest.raises(Exception, match="not found"):
         T.project_onto(str(run), str(final), str(tmp_path / "missing.h5"))
+
+
+def test_trajectory_projection_reads_the_authors_direction_files(tmp_path):
+    import h5py
+
+    from distland.analysis import trajectory as T
+
+    final = save_checkpoint(tmp_path / "final.pt", seed=1)
+    ref = torch.load(final, weights_only=True)
+    keys = [k for k, _ in make_model().named_parameters()]
+    gen = torch.Generator().manual_seed(0)
+    dx = {k: torch.randn(ref[k].shape, generator=gen) for k in keys}
+    dy = {k: torch.randn(ref[k].shape, generator=gen) for k in keys}
+    legacy = tmp_path / "dirs.h5"
+    with h5py.File(legacy, "w") as f:   # the authors' layout: xdirection/0..k-1 in parameter order
+        for name, d in (("xdirection", dx), ("ydirection", dy)):
+            for i, k in enumerate(keys):
+                f[f"{name}/{i}"] = d[k].numpy()
+    run = tmp_path / "ckpts"
+    run.mkdir()
+    torch.save({k: (v + 0.3 * dx[k] - 0.7 * dy[k]) if k in dx else v for k, v in ref.items()}, run / "m_2.pt")
+    traj = T.project_onto(str(run), str(final), str(legacy), model=make_model())
+    np.testing.assert_allclose(traj.coords, [[0.3, -0.7]], atol=1e-6)
+    assert traj.residual[0] < 1e-5 and traj.projected_on == str(legacy)
