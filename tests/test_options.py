@@ -318,3 +318,13 @@ def test_trajectory_projection_reads_the_authors_direction_files(tmp_path):
     traj = T.project_onto(str(run), str(final), str(legacy), model=make_model())
     np.testing.assert_allclose(traj.coords, [[0.3, -0.7]], atol=1e-6)
     assert traj.residual[0] < 1e-5 and traj.projected_on == str(legacy)
+
+
+def test_python_api_plots_the_error_and_a_step_of_levels(tmp_path):
+    import distland
+
+    tp = _plot_helpers()
+    path = tp.write_surface(str(tmp_path / "a.h5"), np.linspace(-1, 1, 5), np.linspace(-1, 1, 4),
+                            {"train_loss": tp.paraboloid, "train_acc": lambda a, b: 90 - 5 * a ** 2})
+    fig = distland.read(path).plot("contour", metric="train_err", vlevel=1.0)
+    assert "train_err" in fig.axes[0].get_title() + fig.get_suptitle()
