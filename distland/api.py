@@ -135,10 +135,14 @@ class Surface:
         ``contourf``, ``heatmap``, ``surface3d``; a list of kinds gives a list of figures. Figures are made
         without pyplot (no global state; Jupyter shows a returned figure); pass ``ax`` to draw into your own axes.
         ``trajectory``: a file from :func:`trajectory` to draw over a 2-D plot. Other options: ``vmin``, ``vmax``,
-        ``levels``, ``zmax`` (as ``distland plot``)."""
+        ``levels``, ``zmax``, ``vlevel``, ``xlim`` (as ``distland plot``); ``metric`` may be ``train_err`` /
+        ``test_err`` (100 − accuracy)."""
         from .plot import PlotOptions
         from .plot import surface as draw
-        from .plot.common import choose_levels, pick_metric, values
+        from .plot.common import add_errors, choose_levels, pick_metric, values
+
+        if metric is not None and metric.endswith("_err") and metric not in self.data.metrics:
+            add_errors(self.data)
 
         if kind is not None and not isinstance(kind, str):
             return [self.plot(k, metric, log, None, trajectory, **options) for k in kind]

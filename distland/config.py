@@ -38,6 +38,10 @@ class DataConfig(DataSource):
 
     split: str = "train"            # train | test | both
     batch_size: int = 0             # 0 = chosen by the engine for the device
+    subset: int = 0                 # a random subset of N samples of each split (0 = all), drawn with subset_seed
+    subset_seed: int = 0
+    split_index: List[int] = field(default_factory=list)   # [k, n]: the k-th of n equal chunks of the train
+                                    # split (the authors' --split_idx k --data_split n); [] = all
 
 
 NORMS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")   # directions.norm (see distland.directions)
@@ -61,25 +65,36 @@ def check_device(key: str, value: str) -> None:
 
 @dataclass
 class DirectionsConfig:
-    kind: str = "random"            # random | interp (1-D path to `target`) | file
+    kind: str = "random"            # random | interp (path to `target`) | plane (θ*, target, target2) | file
     norm: str = "filter"            # filter | layer | weight | dfilter | dlayer | none
     ignore: str = "biasbn"          # biasbn | none
     type: str = "auto"              # auto | weights (parameters) | states (state_dict incl. BN running stats);
-                                    # auto: states for interp (θ′'s BN statistics at α = 1), weights otherwise
+                                    # auto: states for interp and plane (the end points' BN statistics), else weights
     seed: int = 0
     same_dir: bool = False
     file: str = ""                  # reuse directions from a file (ours or the loss-landscape layout)
-    target: str = ""                # interp: the second checkpoint θ'
+    target: str = ""                # interp / plane: the second checkpoint θ′ (x = 1)
+    target2: str = ""               # plane: the third checkpoint θ″ (y = 1); the plane is θ* + x(θ′−θ*) + y(θ″−θ*)
+    ynorm: str = ""                 # the y axis's norm when random ("" = norm); the authors' --ynorm
+    yignore: str = ""               # the y axis's ignore when random ("" = ignore); the authors' --yignore
 
     def resolved_type(self) -> str:
-        """``type`` with ``auto`` resolved: an interpolation must carry BatchNorm's running statistics along, or
-        α = 1 is θ′'s weights with θ*'s statistics, not θ′; random and file directions move parameters only."""
+        """``type`` with ``auto`` resolved: an interpolation or a plane must carry BatchNorm's running statistics
+        along, or x = 1 is θ′'s weights with θ*'s statistics, not θ′; random and file directions move parameters
+        only."""
         if self.type != "auto":
             return self.type
-        return "states" if self.kind == "interp" else "weights"
+        return "states" if self.kind in ("interp", "plane") else "weights"
+
+    def axis(self, index: int) -> Tuple[str, str]:
+        """(norm, ignore) of axis ``index`` (0 = x, 1 = y): the y axis may override both."""
+        if index == 1:
+            return self.ynorm or self.norm, self.yignore or self.ignore
+        return self.norm, self.ignore
 
 
 INTERP_X = (-0.5, 1.5, 401)   # the default 1-D interpolation grid: beyond both end points
+PLANE_AXIS = (-0.5, 1.5, 41)  # the default axes of a plane through three models (0 and 1 are grid points)
 
 
 @dataclass
@@ -162,9 +177,13 @@ class Config:
 
     def validate(self) -> "Config":
         _choice("data.split", self.data.split, ("train", "test", "both"))
-        _choice("directions.kind", self.directions.kind, ("random", "interp", "file"))
+        _choice("directions.kind", self.directions.kind, ("random", "interp", "plane", "file"))
         _choice("directions.norm", self.directions.norm, NORMS)
         _choice("directions.ignore", self.directions.ignore, ("biasbn", "none"))
+        if self.directions.ynorm:
+            _choice("directions.ynorm", self.directions.ynorm, NORMS)
+        if self.directions.yignore:
+            _choice("directions.yignore", self.directions.yignore, ("biasbn", "none"))
         _choice("directions.type", self.directions.type, ("auto", "weights", "states"))
         check_device("engine.device", self.engine.device)
         _choice("engine.channels_last", self.engine.channels_last, ("auto", "on", "off"))
@@ -178,6 +197,12 @@ class Config:
             raise ConfigError("sweep.chunk must be >= 0 (0 = adaptive)")
         if self.directions.file and self.directions.kind == "random":
             self.directions.kind = "file"  # a direction file given means: use it
+        if self.data.subset < 0:
+            raise ConfigError("data.subset must be >= 0 (0 = all samples)")
+        if self.data.split_index and not (len(self.data.split_index) == 2
+                                          and 0 <= self.data.split_index[0] < self.data.split_index[1]):
+            raise ConfigError(f"data.split_index must be [k, n] with 0 <= k < n (the k-th of n chunks of the train "
+                              f"split), got {self.data.split_index}")
         if self.data.max_samples < 0 or self.data.batch_size < 0:
             raise ConfigError("data.max_samples and data.batch_size must be >= 0 (0 = all / automatic)")
         check_axis("grid.x", self.grid.x)
@@ -186,8 +211,14 @@ class Config:
         if self.directions.kind == "interp":
             if not self.directions.target:
                 raise ConfigError("directions.kind 'interp' needs directions.target: the checkpoint to interpolate to")
-            if self.grid.y is not None:
-                raise ConfigError("directions.kind 'interp' is 1-D: remove grid.y (set it to null)")
+        if self.directions.kind == "plane":
+            if not (self.directions.target and self.directions.target2):
+                raise ConfigError("directions.kind 'plane' needs directions.target (θ′, x = 1) and directions.target2 "
+                                  "(θ″, y = 1): the plane through checkpoint, target and target2")
+            if self.grid.y is None:
+                raise ConfigError("directions.kind 'plane' is 2-D: set grid.y, e.g. [-0.5, 1.5, 41]")
+        elif self.directions.target2:
+            raise ConfigError("directions.target2 is used by directions.kind 'plane' only; set kind: plane or remove it")
         if self.directions.kind == "file" and not self.directions.file:
             raise ConfigError("directions.kind 'file' needs directions.file")
         if not self.output:
@@ -394,6 +425,7 @@ def config_from_mapping(data: Dict[str, Any]) -> Config:
     directions = data.get("directions") if isinstance(data.get("directions"), dict) else {}
     if grid is None:
         data["grid"] = ({"x": list(INTERP_X), "y": None} if directions.get("kind") == "interp"
+                        else {"x": list(PLANE_AXIS), "y": list(PLANE_AXIS)} if directions.get("kind") == "plane"
                         else {"x": [-1.0, 1.0, 21], "y": [-1.0, 1.0, 21]})
     elif isinstance(grid, dict) and "y" not in grid:
         grid["y"] = None

@@ -110,19 +110,23 @@ def check_compatible(direction: Mapping[str, torch.Tensor], reference: Mapping[s
 
 
 def make_random(reference: Mapping[str, torch.Tensor], seed: int, norm: str, ignore: str, ndim: int,
-                same_dir: bool = False) -> List[Tensors]:
-    """``ndim`` normalized random directions from one seeded stream (x first, then y)."""
+                same_dir: bool = False, ynorm: str = "", yignore: str = "") -> List[Tensors]:
+    """``ndim`` normalized random directions from one seeded stream (x first, then y). ``ynorm`` / ``yignore``
+    ("" = as x) normalize the y direction differently (the authors' ``--ynorm`` / ``--yignore``); the draws are
+    the same, so only the scaling differs from a surface without them."""
     gen = torch.Generator().manual_seed(int(seed))
-    dirs = [normalize(random_direction(reference, gen), reference, norm, ignore)]
+    raw = random_direction(reference, gen)
+    dirs = [normalize(raw, reference, norm, ignore)]
     if ndim == 2:
-        dirs.append(OrderedDict((k, v.clone()) for k, v in dirs[0].items()) if same_dir
-                    else normalize(random_direction(reference, gen), reference, norm, ignore))
+        raw_y = raw if same_dir else random_direction(reference, gen)
+        dirs.append(normalize(raw_y, reference, ynorm or norm, yignore or ignore))
     return dirs
 
 
-def interpolation(reference: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> Tensors:
+def interpolation(reference: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                  source: str = "directions.target") -> Tensors:
     """The direction θ′ − θ, so that θ + α(θ′ − θ) = (1−α)θ + αθ′ (integer buffers stay put)."""
-    check_compatible(target, reference, "directions.target")
+    check_compatible(target, reference, source)
     return OrderedDict((k, (target[k].to(ref.dtype) - ref) if movable(ref) else torch.zeros_like(ref))
                        for k, ref in reference.items())
 
@@ -192,15 +196,33 @@ def from_numpy(arrays: Mapping[str, np.ndarray]) -> Tensors:
 
 
 def build(reference: Mapping[str, torch.Tensor], kind: str, norm: str, ignore: str, seed: int, ndim: int,
-          same_dir: bool = False, file: str = "", target: Optional[Mapping[str, torch.Tensor]] = None
+          same_dir: bool = False, file: str = "", target: Optional[Mapping[str, torch.Tensor]] = None,
+          target2: Optional[Mapping[str, torch.Tensor]] = None, ynorm: str = "", yignore: str = ""
           ) -> List[Tensors]:
-    """The directions for a job."""
+    """The directions for a job.
+
+    - ``random``: seeded Gaussian directions, normalized per axis (``ynorm`` / ``yignore`` for y);
+    - ``interp``: x = θ′ − θ*; a 2-D interpolation adds a random y direction (the first draw of ``seed``,
+      normalized with ``ynorm`` / ``yignore``, else ``norm`` / ``ignore``);
+    - ``plane``: x = θ′ − θ*, y = θ″ − θ* (the plane through three models: (0,0) = θ*, (1,0) = θ′, (0,1) = θ″);
+    - ``file``: read from a direction file.
+    """
     if kind == "random":
-        return make_random(reference, seed, norm, ignore, ndim, same_dir)
+        return make_random(reference, seed, norm, ignore, ndim, same_dir, ynorm, yignore)
     if kind == "interp":
         if target is None:
             raise DirectionError("directions.kind 'interp' needs the target weights (directions.target)")
-        return [interpolation(reference, target)]
+        out = [interpolation(reference, target)]
+        if ndim == 2:
+            gen = torch.Generator().manual_seed(int(seed))
+            out.append(normalize(random_direction(reference, gen), reference, ynorm or norm, yignore or ignore))
+        return out
+    if kind == "plane":
+        if target is None or target2 is None:
+            raise DirectionError("directions.kind 'plane' needs the weights of directions.target and target2")
+        if ndim != 2:
+            raise DirectionError("directions.kind 'plane' is 2-D: set grid.y")
+        return [interpolation(reference, target), interpolation(reference, target2, "directions.target2")]
     if kind == "file":
         return load_file(file, reference, ndim)
-    raise DirectionError(f"directions.kind {kind!r} is not valid; choose random, interp or file")
+    raise DirectionError(f"directions.kind {kind!r} is not valid; choose random, interp, plane or file")

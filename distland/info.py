@@ -47,12 +47,19 @@ def describe_surface(path: str) -> str:
             lines.append(f"  directions interpolation to {d.get('target')} (x = 0: the checkpoint, x = 1: the "
                          f"target), type {d.get('type')}"
                          + (" (BatchNorm variances interpolated geometrically)" if d.get("type") == "states"
-                            else ""))
+                            else "")
+                         + (f"; y: random, seed {d.get('seed')}, {d.get('ynorm') or d.get('norm')}-normalized"
+                            if data.y is not None else ""))
+        elif d.get("kind") == "plane":
+            lines.append(f"  directions plane through the checkpoint (0, 0), {d.get('target')} (1, 0) and "
+                         f"{d.get('target2')} (0, 1), type {d.get('type')}")
         elif d.get("kind") == "file":
             lines.append(f"  directions from file {d.get('file')}, type {d.get('type')}")
         else:
             lines.append(f"  directions kind {d.get('kind')} norm {d.get('norm')} ignore {d.get('ignore')} "
-                         f"type {d.get('type')} seed {d.get('seed')}")
+                         f"type {d.get('type')} seed {d.get('seed')}"
+                         + (f" (y: norm {d.get('ynorm') or d.get('norm')} ignore {d.get('yignore') or d.get('ignore')})"
+                            if d.get("ynorm") or d.get("yignore") else ""))
     for key in ("distland_version", "created", "last_run", "checkpoint_sha256", "io", "nranks", "compiled_ranks",
                 "precision_check"):
         if key in data.attrs:

@@ -138,6 +138,18 @@ def state_digest(model: torch.nn.Module) -> str:
     return "state-sha256-" + h.hexdigest()
 
 
+def _load_target(cfg: Config, key: str) -> Tuple[Dict[str, torch.Tensor], str]:
+    """``directions.<key>`` (a checkpoint of the same model) as the job's reference tensors, and its SHA-256."""
+    path = getattr(cfg.directions, key)
+    if not Path(path).is_file():
+        raise CheckpointError(f"directions.{key} {path!r} not found: train that model first "
+                              "(`distland train` with the config whose out_dir holds it; `distland reproduce DIR` "
+                              "trains every missing checkpoint of a config set)")
+    check = build_model(cfg.model, allow=cfg.plugins, **cfg.model_args)
+    apply_state_dict(check, load_state_dict(path), f"directions.{key} {path!r}")
+    return dirs.reference_weights(check, cfg.directions.resolved_type()), sha256(path)
+
+
 def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None,
             model: Optional[torch.nn.Module] = None,
             splits: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None,
@@ -155,16 +167,12 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None,
         target = dirs.reference_weights(target_model, cfg.directions.resolved_type())
         dirs.check_compatible(target, reference, "the interpolation target model")
         target_digest = state_digest(target_model)
-    elif cfg.directions.kind == "interp":
-        if not Path(cfg.directions.target).is_file():
-            raise CheckpointError(f"directions.target {cfg.directions.target!r} not found: train that model first "
-                               "(`distland train` with the config whose out_dir holds it; `distland reproduce DIR` "
-                               "trains every missing checkpoint of a config set)")
-        target = load_state_dict(cfg.directions.target)
-        check = build_model(cfg.model, allow=cfg.plugins, **cfg.model_args)
-        apply_state_dict(check, target, f"directions.target {cfg.directions.target!r}")
-        target = dirs.reference_weights(check, cfg.directions.resolved_type())
-        target_digest = sha256(cfg.directions.target)
+    elif cfg.directions.kind in ("interp", "plane"):
+        target, target_digest = _load_target(cfg, "target")
+    target2 = None
+    target2_digest = ""
+    if cfg.directions.kind == "plane":
+        target2, target2_digest = _load_target(cfg, "target2")
     splits = load_data(cfg) if splits is None else splits
     criterion = resolve_loss(cfg.loss, cfg.plugins)
     checks.check_data(splits, cfg.data.name, criterion.class_targets)
@@ -173,14 +181,17 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None,
     identity = {
         "model": cfg.model, "model_args": cfg.model_args, "checkpoint_sha256": ckpt_digest,
         "data": {"name": cfg.data.name, "split": cfg.data.split, "max_samples": cfg.data.max_samples,
-                 "options": cfg.data.options, "digest": data_digest(splits)},
+                 "options": cfg.data.options, "digest": data_digest(splits),
+                 # only when set, so files made before these keys existed still resume
+                 **({"subset": cfg.data.subset, "subset_seed": cfg.data.subset_seed} if cfg.data.subset else {}),
+                 **({"split_index": list(cfg.data.split_index)} if cfg.data.split_index else {})},
         # The resolved type, so a random surface made before `auto` existed (type: weights) still resumes.
         "directions": {**dataclasses.asdict(cfg.directions), "type": cfg.directions.resolved_type(),
-                       "target": target_digest,
+                       "target": target_digest, **({"target2": target2_digest} if target2_digest else {}),
                        "file": sha256(cfg.directions.file) if cfg.directions.file else ""},
         "grid": {"x": list(map(float, cfg.grid.x)), "y": None if cfg.grid.y is None else list(map(float, cfg.grid.y))},
     }
-    if cfg.directions.kind == "interp" and dirs.variance_keys(reference):
+    if cfg.directions.kind in ("interp", "plane") and dirs.variance_keys(reference):
         # Files from before running variances were interpolated geometrically must not be resumed.
         identity["directions"]["bn_variance"] = "geometric"
     if cfg.engine.precision != "fp32":
@@ -194,7 +205,8 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None,
     mode = check_existing(cfg.output, spec, overwrite)
     if mode == "create":
         made = dirs.build(reference, cfg.directions.kind, cfg.directions.norm, cfg.directions.ignore,
-                             cfg.directions.seed, grid.ndim, cfg.directions.same_dir, cfg.directions.file, target)
+                             cfg.directions.seed, grid.ndim, cfg.directions.same_dir, cfg.directions.file, target,
+                             target2, cfg.directions.ynorm, cfg.directions.yignore)
         spec.directions = [dirs.to_numpy(d) for d in made]
         pending = {q.name: grid.size for q in spec.quantities}
         # An existing file (--overwrite) is replaced only when the new one is complete (see SurfaceWriter.open).
@@ -294,7 +306,7 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
     directions = [dirs.from_numpy(d) for d in plan.spec.directions]
     eng = dataclasses.replace(eng, ranks_on_device=engines.count_ranks_on_device(eng, comm))
     # Interpolation moves BatchNorm running variances geometrically (never to zero or below).
-    log_keys = dirs.variance_keys(reference) if cfg.directions.kind == "interp" else []
+    log_keys = dirs.variance_keys(reference) if cfg.directions.kind in ("interp", "plane") else []
     # Every rank starts the evaluator of each quantity that still has points to compute.
     todo = [q for q in quants.build(cfg.quantities, cfg) if plan.pending[q.name]]
     evaluators = [q.start(quants.Context(model, reference, directions, splits, eng, comm.size > 1 and comm.is_root,

@@ -192,8 +192,9 @@ def test_bad_grid_through_load_config(overrides, message):
 def test_direction_kind_rules():
     with pytest.raises(ConfigError, match="needs directions.target"):
         load_config(None, ["directions.kind=interp", "grid.y=null"])
-    with pytest.raises(ConfigError, match="is 1-D"):
-        load_config(None, ["directions.kind=interp", "directions.target=b.pt", "grid.y=[-1,1,3]"])
+    # interp with grid.y: x is the interpolation, y a random direction (the authors' mixed plots; issue 11)
+    mixed = load_config(None, ["directions.kind=interp", "directions.target=b.pt", "grid.y=[-1,1,3]"])
+    assert mixed.grid.y == [-1, 1, 3] and mixed.directions.resolved_type() == "states"
     cfg = load_config(None, ["directions.kind=interp", "directions.target=b.pt"])
     assert cfg.grid.x == [-0.5, 1.5, 401] and cfg.grid.y is None  # the interpolation default grid
     with pytest.raises(ConfigError, match="needs directions.file"):

@@ -206,6 +206,7 @@ class Trajectory:
     model: str = ""
     lr_drops: List[int] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
+    projected_on: str = ""   # the surface / direction file whose directions were given (no PCA), else ""
 
 
 def compute(spec: str, final: str, kind: str = "weights", ignore: str = "none", center: bool = True,
@@ -249,6 +250,87 @@ def compute(spec: str, final: str, kind: str = "weights", ignore: str = "none", 
                       [str(p) for p in skipped])
 
 
+def read_directions(path: str, final: StateDict, kind: str = "weights", model: Optional[torch.nn.Module] = None
+                    ) -> Dict[str, Dict[str, np.ndarray]]:
+    """The x and y directions of a surface file, a direction file or a trajectory file (``directions/x/<key>``),
+    or of the authors' direction files (``xdirection/0 … k−1`` in the order of :func:`select_keys`), as stored."""
+    import h5py
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"direction file {path!r} not found; pass a surface file, a direction file or a "
+                              "trajectory file")
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except OSError as e:
+        raise CheckpointError(f"direction file {path!r} is not a readable HDF5 file ({e})") from None
+    out: Dict[str, Dict[str, np.ndarray]] = {}
+    with f:
+        for axis, legacy in (("x", "xdirection"), ("y", "ydirection")):
+            if f"directions/{axis}" in f:
+                group = f[f"directions/{axis}"]
+                out[axis] = OrderedDict((k, np.asarray(group[k][()])) for k in group)
+            elif legacy in f:
+                keys = select_keys(final, kind, model)
+                names = sorted(f[legacy].keys(), key=lambda n: int(n) if n.isdigit() else -1)
+                if len(names) != len(keys):
+                    raise CheckpointError(f"direction file {path!r} group {legacy} has {len(names)} tensors, the "
+                                          f"final checkpoint has {len(keys)} for --type {kind}; check --type and "
+                                          "--model")
+                out[axis] = OrderedDict((k, np.asarray(f[legacy][n][()])) for k, n in zip(keys, names))
+            else:
+                raise CheckpointError(f"{path!r} has no directions/{axis} (nor the authors' {legacy}): it is not a "
+                                      "2-D surface or direction file")
+    for axis, tensors in out.items():
+        bad = [k for k in tensors if k not in final or tuple(final[k].shape) != tuple(tensors[k].shape)]
+        if bad:
+            raise CheckpointError(f"direction {axis} of {path!r} does not match the final checkpoint at {bad[:3]} "
+                                  f"({len(bad)} tensors); were the directions made for another model?")
+    return out
+
+
+def project_onto(spec: str, final: str, dir_file: str, kind: str = "weights", ignore: str = "none",
+                 model: Optional[torch.nn.Module] = None, model_name: str = "", lr_drops: Sequence[int] = ()
+                 ) -> Trajectory:
+    """The path of the checkpoints at ``spec`` in the plane of given directions (the authors' ``plot_trajectory.py
+    --dir_file``): no PCA. The coordinates are least-squares (α_k, β_k) with θ_final + α_k d_x + β_k d_y closest to
+    θ_k — the surface's own units, so the path lies where the surface puts those weights. (The authors divide
+    ⟨θ_k − θ_final, d⟩ by ‖d‖, which agrees for their orthonormal PCA directions but not for normalized random
+    ones.) The directions are copied as they are, so ``distland plot SURFACE --trajectory`` accepts the file.
+    ``--final`` must be the surface's centre θ*; the tensors taking part are the directions' floating-point ones
+    (not 1-D ones under ``ignore: biasbn``)."""
+    found, skipped = find_checkpoints(spec)
+    ref = load_state_dict(final)
+    given = read_directions(dir_file, ref, kind, model)
+    keys = list(given["x"])
+    used = [k for k in keys if k in given["y"] and moves(ref[k], ignore)
+            and np.issubdtype(given["x"][k].dtype, np.floating)]
+    if not used:
+        raise CheckpointError(f"no tensor of {dir_file!r} takes part (all are 1-D or integer); try --ignore none")
+    spans, P = {}, 0
+    for k in used:
+        spans[k] = slice(P, P + ref[k].numel())
+        P += ref[k].numel()
+    V = np.zeros((2, P))
+    for i, axis in enumerate("xy"):
+        for k in used:
+            V[i, spans[k]] = np.asarray(given[axis][k], dtype=np.float64).reshape(-1)
+    if not (np.linalg.norm(V[0]) > 0 and np.linalg.norm(V[1]) > 0):
+        raise CheckpointError(f"a direction of {dir_file!r} is zero on every tensor taking part; check --ignore")
+    D = np.empty((len(found), P))
+    theta = {k: ref[k].detach().to(torch.float64).reshape(-1).numpy() for k in used}
+    for row, (_, path) in enumerate(found):
+        state = load_state_dict(path)
+        _check_like(state, ref, used, path)
+        for k in used:
+            D[row, spans[k]] = state[k].detach().to(torch.float64).reshape(-1).numpy() - theta[k]
+        del state
+    coords, residual = project(D, V)
+    nan2 = np.full(2, np.nan)   # no PCA: no explained variance
+    return Trajectory(given, PCA(V, nan2, nan2), coords, residual, np.linalg.norm(D, axis=1),
+                      [e for e, _ in found], [str(p) for _, p in found], str(final), kind, ignore, False, model_name,
+                      list(lr_drops), [str(p) for p in skipped], projected_on=str(dir_file))
+
+
 def _tensor(flat: np.ndarray, span: Optional[slice], shape: Tuple[int, ...]) -> np.ndarray:
     # Tensors left out of the PCA (1-D under biasbn, integer buffers) get a zero direction.
     return np.zeros(shape, np.float32) if span is None else flat[span].reshape(shape).astype(np.float32)
@@ -288,7 +370,9 @@ def write(path: str, traj: Trajectory) -> None:
         f.attrs["centered"] = traj.center
         f.attrs["ignore"] = traj.ignore
         f.attrs["model"] = traj.model
-        f.attrs["source"] = "distland trajectory (PCA of checkpoint offsets, Li et al. 2018 §7)"
+        f.attrs["source"] = ("distland trajectory (PCA of checkpoint offsets, Li et al. 2018 §7)" if not traj.projected_on
+                             else f"distland trajectory --dir-file {traj.projected_on} (least-squares projection)")
+        f.attrs["projected_on"] = traj.projected_on
         group = f.create_group("directions", track_order=True)
         for axis, tensors in traj.directions.items():
             sub = group.create_group(axis, track_order=True)   # keeps the model's key order on iteration
@@ -326,6 +410,9 @@ def add_subcommand(subparsers: "argparse._SubParsersAction") -> argparse.Argumen
                    help="subtract the mean offset before PCA, as the authors' tool (scikit-learn PCA) does "
                         "(default); --no-center: PCA of the raw offsets, whose explained-variance ratios are not "
                         "comparable with the paper's")
+    p.add_argument("--dir-file", default="", metavar="FILE",
+                   help="project onto the x/y directions of this surface, direction or trajectory file (the "
+                        "authors' --dir_file) instead of computing PCA directions; --final must be its centre")
     p.add_argument("--lr-drops", default="", metavar="EPOCHS", help="comma-separated epochs, e.g. 150,225")
     p.add_argument("--tmpdir", default=None, help="where to put the offsets matrix when it exceeds memory")
     p.set_defaults(func=run_cli)
@@ -351,14 +438,33 @@ def run_cli(args: argparse.Namespace) -> int:
             if not isinstance(kwargs, dict):
                 raise ValueError(f"--model-args must be a YAML mapping, got {args.model_args!r}")
             model = build_model(args.model, **kwargs)
-        traj = compute(args.checkpoints, args.final, args.type, args.ignore, args.center, model, args.model, drops,
-                       tmpdir=args.tmpdir)
+        if args.dir_file:
+            traj = project_onto(args.checkpoints, args.final, args.dir_file, args.type, args.ignore, model,
+                                args.model, drops)
+            _warn_other_centre(args.dir_file, args.final)
+        else:
+            traj = compute(args.checkpoints, args.final, args.type, args.ignore, args.center, model, args.model,
+                           drops, tmpdir=args.tmpdir)
         write(args.out, traj)
     except (CheckpointError, ValueError, OSError, yaml.YAMLError) as e:
         print(f"distland trajectory: error: {e}", file=sys.stderr)
         return 2
     print(summary(traj, args.out))
     return 0
+
+
+def _warn_other_centre(dir_file: str, final: str) -> None:
+    # A surface records θ*'s SHA-256: a path measured from another centre would sit in the wrong place on it.
+    import h5py
+
+    from ..checkpoint import sha256
+
+    with h5py.File(dir_file, "r", locking=False) as f:
+        stored = f.attrs.get("checkpoint_sha256")
+    stored = stored.decode() if isinstance(stored, bytes) else stored
+    if isinstance(stored, str) and len(stored) == 64 and stored != sha256(final):
+        print(f"distland trajectory: warning: {dir_file} was computed around another checkpoint than --final "
+              f"{final}; the path is measured from --final", file=sys.stderr)
 
 
 def _pca_kind(traj: Trajectory) -> str:
@@ -368,6 +474,13 @@ def _pca_kind(traj: Trajectory) -> str:
 
 def summary(traj: Trajectory, out: str) -> str:
     """What was computed, where it went, and how to draw the surface around it."""
+    if traj.projected_on:
+        return (f"trajectory: {len(traj.labels)} checkpoints (epochs {traj.labels[0]}…{traj.labels[-1]}) projected "
+                f"onto the directions of {traj.projected_on} (no PCA), type {traj.kind}, ignore {traj.ignore}\n"
+                f"wrote {out}: directions/x, directions/y (copied), trajectory/coords ({len(traj.labels)} × 2), "
+                f"residual max {traj.residual.max():.3g} (offset norms up to {traj.norms.max():.3g})\n"
+                f"next: distland plot {traj.projected_on} --trajectory {out}   (or distland plot {out}: the path "
+                "alone)")
     r = traj.pca.ratio
     lines = [f"trajectory: {len(traj.labels)} checkpoints (epochs {traj.labels[0]}…{traj.labels[-1]}), "
              f"type {traj.kind}, ignore {traj.ignore}, {_pca_kind(traj)} PCA"]

@@ -106,4 +106,37 @@ def load_splits(source: Any, splits: Sequence[str], class_targets: bool = True, 
     options = dict(source.options)
     if source.root:
         options["root"] = source.root
-    return {s: load_split(source.name, s, source.max_samples, class_targets, allow=allow, **options) for s in splits}
+    subset, seed = getattr(source, "subset", 0), getattr(source, "subset_seed", 0)
+    chunk = list(getattr(source, "split_index", []) or [])
+    if not (subset or chunk):
+        return {s: load_split(source.name, s, source.max_samples, class_targets, allow=allow, **options)
+                for s in splits}
+    out: Dict[str, Split] = {}
+    for s in splits:
+        x, y = load_split(source.name, s, 0, class_targets, allow=allow, **options)
+        x, y = select(x, y, subset, seed, chunk if s == "train" else [])
+        out[s] = (x[:source.max_samples], y[:source.max_samples]) if source.max_samples else (x, y)
+    return out
+
+
+def select(x: torch.Tensor, y: torch.Tensor, subset: int = 0, seed: int = 0, chunk: Sequence[int] = ()) -> Split:
+    """The samples a job evaluates, in this order:
+
+    1. ``chunk = [k, n]``: samples ``k·m … (k+1)·m − 1`` with ``m = N // n`` (the authors' ``--data_split n
+       --split_idx k``: contiguous chunks of the train set in file order; the last ``N mod n`` samples belong
+       to no chunk, as theirs);
+    2. ``subset > 0``: that many samples drawn without replacement by ``torch.randperm`` under ``seed`` (kept
+       in their original order, so the same seed gives the same samples on every machine and rank).
+    """
+    if chunk:
+        k, n = int(chunk[0]), int(chunk[1])
+        m = x.shape[0] // n
+        if m == 0:
+            raise ValueError(f"data.split_index {list(chunk)}: {x.shape[0]} samples cannot make {n} chunks")
+        x, y = x[k * m:(k + 1) * m], y[k * m:(k + 1) * m]
+    if subset:
+        if subset > x.shape[0]:
+            raise ValueError(f"data.subset {subset} is larger than the {x.shape[0]} samples available; lower it")
+        keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))[:subset].sort().values
+        x, y = x[keep], y[keep]
+    return x.contiguous(), y.contiguous()

@@ -41,8 +41,9 @@ class CifarFormatError(ValueError):
     """A batch file is truncated, corrupt, or does not hold what the CIFAR-10 release holds."""
 
 
-def load(split: str, root: str = "") -> Split:
-    """Load ``split`` as ``(float32 (N, 3, 32, 32) normalized images, int64 (N,) labels)``."""
+def load(split: str, root: str = "", normalize: bool = True) -> Split:
+    """Load ``split`` as ``(float32 (N, 3, 32, 32) normalized images, int64 (N,) labels)``. ``normalize=False``
+    (``data.options: {normalize: false}``, the authors' ``--raw_data``) keeps pixels in [0, 1] (x / 255 only)."""
     if split not in SPLIT_FILES:
         raise ValueError(f"unknown CIFAR-10 split {split!r}; valid: {', '.join(SPLIT_FILES)}")
     names = SPLIT_FILES[split]
@@ -50,7 +51,21 @@ def load(split: str, root: str = "") -> Split:
     batches = _read_tar(source, names) if os.path.isfile(source) else _read_folder(source, names)
     data = np.concatenate([batches[n][0] for n in names])
     labels = np.concatenate([batches[n][1] for n in names])
-    return torch.from_numpy(normalize(data)), torch.from_numpy(labels)
+    if not isinstance(normalize, bool):
+        raise ValueError(f"data.options.normalize must be true or false, got {normalize!r}")
+    pixels = _normalize(data) if normalize else scale(data)
+    return torch.from_numpy(pixels), torch.from_numpy(labels)
+
+
+def scale(data: np.ndarray) -> np.ndarray:
+    """``(N, 3072)`` uint8 rows to float32 ``(N, 3, 32, 32)`` in [0, 1]: the raw images, not normalized."""
+    x = data.reshape(-1, 3, 32, 32).astype(np.float32)
+    x *= np.float32(1 / 255)
+    return x
+
+
+def _normalize(data: np.ndarray) -> np.ndarray:
+    return normalize(data)   # the module-level name, shadowed inside load() by its keyword argument
 
 
 def normalize(data: np.ndarray) -> np.ndarray:

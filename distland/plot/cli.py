@@ -52,8 +52,10 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("surfaces", nargs="+", metavar="SURFACE.h5", help="surface file(s); two or more are compared")
     p.add_argument("--out", metavar="DIR", help="output folder (default: the folder of the first surface file)")
     p.add_argument("--format", choices=FORMATS, default="png", help="image format (default: png)")
-    p.add_argument("--metric", choices=METRICS,
-                   help="metric to draw (default: train_loss, else the first present; 1-D: all of them)")
+    p.add_argument("--metric", metavar="NAME",
+                   help=f"dataset to draw: {', '.join(METRICS)}, train_err / test_err (100 − accuracy), or any "
+                        "other per-point dataset in the file (default: train_loss, else the first present; "
+                        "1-D: all of them)")
     p.add_argument("--kinds", type=_kinds, metavar="K[,K...]",
                    help=f"plots to make, from {', '.join(KINDS + TOPOLOGY_KINDS)}, or none (default: 1d for a "
                         f"1-D surface, {','.join(KINDS_2D)} for a 2-D one; persistence: diagrams and barcodes "
@@ -64,6 +66,14 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--vmin", type=float, help="lower end of the colour scale / contour levels (data units)")
     p.add_argument("--vmax", type=float, help="upper end of the colour scale / contour levels (data units)")
     p.add_argument("--levels", type=_levels, metavar="N", help="number of contour levels (default: 20)")
+    p.add_argument("--vlevel", type=float, metavar="STEP",
+                   help="contour spacing as a step (the authors' --vlevel): levels vmin, vmin+STEP, … (log10 "
+                        "units with --log); replaces --levels")
+    p.add_argument("--xlim", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="1-D plots: the x range shown (the authors' --xmin/--xmax)")
+    p.add_argument("--upsample", type=int, default=1, metavar="K",
+                   help="--vtk: write a K× finer grid, interpolated cubically (linearly on axes of < 4 points) "
+                        "from the computed one; gaps stay gaps (the authors' h52vtp --interp)")
     p.add_argument("--zmax", type=float, help="clip surface heights (3-D plot, VTK, HTML) at this value")
     p.add_argument("--dpi", type=int, default=150, help="resolution of raster images (default: 150)")
     p.add_argument("--trajectory", metavar="TRAJ.h5",
@@ -88,8 +98,16 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def options_from_args(args: argparse.Namespace) -> PlotOptions:
+    if args.upsample < 1:
+        raise PlotError(f"--upsample must be an integer >= 1, got {args.upsample}")
+    if args.vlevel is not None and not args.vlevel > 0:
+        raise PlotError(f"--vlevel must be a positive number, got {args.vlevel}")
+    if args.xlim is not None and not args.xlim[0] < args.xlim[1]:
+        raise PlotError(f"--xlim MIN MAX needs MIN < MAX, got {args.xlim[0]} {args.xlim[1]}")
     return PlotOptions(metric=args.metric, log=args.log, vmin=args.vmin, vmax=args.vmax, levels=args.levels,
-                       zmax=args.zmax, fmt=args.format, dpi=args.dpi)
+                       zmax=args.zmax, fmt=args.format, dpi=args.dpi,
+                       xlim=None if args.xlim is None else (args.xlim[0], args.xlim[1]), vlevel=args.vlevel,
+                       upsample=args.upsample)
 
 
 def _name(stems: Sequence[str], kind: str, metric: Optional[str], opts: PlotOptions) -> str:
@@ -106,7 +124,18 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
     ``on_write`` is called with each path as soon as it is written (big grids take a while per figure).
     """
     from . import export, surface            # matplotlib, plotly and h5py load here, not for `--help`
-    from .trajectory import read_trajectory
+    from .trajectory import is_trajectory_file, plot_path, read_trajectory
+
+    if len(paths) == 1 and os.path.isfile(paths[0]) and is_trajectory_file(paths[0]):
+        # A trajectory file alone: the path-only plot (the authors' plot_trajectory.py output).
+        fig = plot_path(read_trajectory(paths[0]), opts.dpi)
+        folder = out or os.path.dirname(os.path.abspath(paths[0]))
+        out_path = os.path.join(folder, stem(paths[0]) + "_path." + opts.fmt)
+        os.makedirs(os.path.dirname(out_path), exist_ok=True)
+        surface.save(fig, out_path, opts.dpi)
+        if on_write is not None:
+            on_write(out_path)
+        return [out_path]
 
     datas = [load(p) for p in paths]        # every input checked before anything is written
     ndims = {d.ndim for d in datas}
@@ -121,7 +150,8 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
     traj = None
     if trajectory:
         if len(datas) > 1 or ndim != 2:
-            raise PlotError("--trajectory needs exactly one 2-D surface file (the one computed in its PCA plane)")
+            raise PlotError("--trajectory needs exactly one 2-D surface file (the one computed in its PCA plane, "
+                            "or whose directions it was projected onto with --dir-file)")
         traj = read_trajectory(trajectory)
         check_trajectory_plane(datas[0].path, trajectory)
     out_dir = out or os.path.dirname(os.path.abspath(paths[0]))

@@ -37,6 +37,9 @@ class PlotOptions:
     zmax: Optional[float] = None     # clip surface heights (3-D plot, VTK, HTML) at this value
     fmt: str = "png"
     dpi: int = 150
+    xlim: Optional[Tuple[float, float]] = None   # 1-D plots: the x range shown (the authors' --xmin/--xmax)
+    vlevel: Optional[float] = None   # contour spacing as a step in plotting units (the authors' --vlevel)
+    upsample: int = 1                # the VTK export: K× finer grid, interpolated (see export.upsample)
 
     @property
     def n_levels(self) -> int:
@@ -63,6 +66,43 @@ def load(path: str) -> Any:
         raise PlotError(f"{path} is not a surface file: it has none of {', '.join(METRICS)}")
     if not np.any(data.done):
         raise PlotError(f"{path}: no points are done yet; nothing to plot")
+    add_datasets(data)
+    add_errors(data)
+    return data
+
+
+def add_datasets(data: Any) -> Any:
+    """Every other numeric dataset of the grid's shape in the file (e.g. one a script or another tool added)
+    becomes a metric, so ``--metric`` can draw it; the file's ``done`` mask applies, as to the loss."""
+    import h5py
+
+    shape = tuple(data.done.shape)
+    skip = {"xcoordinates", "ycoordinates", "done"} | set(getattr(data, "masks", {}) or {})
+    try:
+        with h5py.File(data.path, "r", locking=False) as f:
+            for name, ds in f.items():
+                if (name in data.metrics or name in skip or not isinstance(ds, h5py.Dataset)
+                        or ds.dtype.kind not in "fiu" or ds.size != int(np.prod(shape))):
+                    continue
+                v = np.asarray(ds[()], dtype=np.float64)
+                if data.layout != "distland" and len(shape) == 2:
+                    v = v.reshape(shape[1], shape[0]).T   # the authors' files store [j, i]
+                if v.shape != shape:
+                    continue
+                data.metrics[name] = np.where(data.done, v, np.nan)
+    except OSError:
+        pass   # a file the reader accepted but h5py cannot reopen: keep what was read
+    return data
+
+
+def add_errors(data: Any) -> Any:
+    """Add ``<split>_err`` = 100 − ``<split>_acc`` (the error in percent, the authors' ``train_err``) for every
+    accuracy the file holds, unless the file has a dataset of that name itself."""
+    for name in list(data.metrics):
+        if name.endswith("_acc"):
+            err = name[:-len("_acc")] + "_err"
+            if err not in data.metrics:
+                data.metrics[err] = 100.0 - np.asarray(data.metrics[name], dtype=np.float64)
     return data
 
 
@@ -101,7 +141,7 @@ def values(data: Any, metric: str, log: bool) -> np.ndarray:
     v = transform(data.metrics[metric], log)
     v[~np.asarray(data.done, dtype=bool)] = np.nan
     v[~np.isfinite(v)] = np.nan
-    loss = metric[:-len("_acc")] + "_loss" if metric.endswith("_acc") else ""
+    loss = metric[:-len("_acc")] + "_loss" if metric.endswith(("_acc", "_err")) else ""
     if loss in data.metrics:
         # Where the loss is NaN/inf the model produced no numbers; its "accuracy" (argmax of NaN logits = class 0,
         # about 10%) would draw a cliff that is not there.
@@ -189,6 +229,8 @@ def choose_levels(arrays: Sequence[np.ndarray], opts: PlotOptions, where: str = 
     values, so the basin gets as many contours as the walls instead of one. The ends are always ``value_range``.
     """
     lo, hi = value_range(arrays, opts, where)
+    if opts.vlevel is not None:
+        return step_levels(lo, hi, opts.vlevel)
     n = opts.n_levels
     if n < 2:
         raise PlotError(f"--levels must be at least 2, got {n}")
@@ -202,6 +244,18 @@ def choose_levels(arrays: Sequence[np.ndarray], opts: PlotOptions, where: str = 
     return contour_levels(lo, hi, n)
 
 
+def step_levels(lo: float, hi: float, step: float) -> np.ndarray:
+    """Contour levels ``lo, lo + step, lo + 2·step, …`` (as the authors' ``--vlevel``: ``arange(vmin, vmax,
+    vlevel)``), in plotting units (log10 units with ``--log``), and ``hi`` so colours span the whole range."""
+    if not (step > 0 and math.isfinite(step)):
+        raise PlotError(f"--vlevel must be a positive number, got {step}")
+    if (hi - lo) / step > 1000:
+        raise PlotError(f"--vlevel {step} gives {int((hi - lo) / step)} levels over [{lo:g}, {hi:g}]; "
+                        "use a larger step")
+    levels = lo + step * np.arange(int(math.floor((hi - lo) / step + 1e-9)) + 1)
+    return levels if levels[-1] >= hi - 1e-9 * max(1.0, abs(hi)) else np.append(levels, hi)
+
+
 def level_note(arrays: Sequence[np.ndarray], levels: np.ndarray, opts: PlotOptions, kind: str) -> str:
     """What a reader must know about the levels: how they are spaced and what lies beyond them (values in
     plotting space; the text in data units)."""
@@ -209,7 +263,8 @@ def level_note(arrays: Sequence[np.ndarray], levels: np.ndarray, opts: PlotOptio
     steps = np.diff(levels)
     parts = [f"{len(levels)} levels from {unit(levels[0])} to {unit(levels[-1])}, "
              + (f"every {unit(steps[0]) if not opts.log else f'{steps[0]:.3g} decades'}"
-                if np.allclose(steps, steps[0], rtol=1e-6) else "at quantiles of the values (uneven spacing)")]
+                if np.allclose(steps, steps[0], rtol=1e-6) else f"every {opts.vlevel:g} (--vlevel)"
+                if opts.vlevel is not None else "at quantiles of the values (uneven spacing)")]
     finite = _finite(arrays)
     top, bottom = float(finite.max()), float(finite.min())
     if top > levels[-1] + 1e-12 * max(1.0, abs(levels[-1])):
@@ -223,7 +278,7 @@ def level_note(arrays: Sequence[np.ndarray], levels: np.ndarray, opts: PlotOptio
 
 
 def metric_label(metric: str, log: bool) -> str:
-    unit = " (%)" if metric.endswith("_acc") else ""
+    unit = " (%)" if metric.endswith(("_acc", "_err")) else ""
     return f"{metric}{unit}" + (", log scale" if log else "")
 
 
@@ -244,6 +299,8 @@ def describe(data: Any) -> str:
     kind = str(dirs.get("kind") or "")
     if kind == "interp":  # the normalization applies to random directions only
         parts.append("linear interpolation θ → θ′")
+    elif kind == "plane":
+        parts.append("plane through θ (0,0), θ′ (1,0), θ″ (0,1)")
     elif kind == "file":
         parts.append(f"directions from {Path(str(dirs.get('file') or 'a file')).name}")
     elif dirs.get("norm") or kind:

@@ -33,11 +33,28 @@ def export_vts(data: Any, base: str, opts: PlotOptions) -> str:
     Every metric is also attached as point data in data units (NaN where not done or diverged), with ``done`` and
     ``valid`` (done and finite) flags: points that have no height sit at the top of the surface, so use
     ParaView's Threshold on ``valid`` to cut them out. A 1-D surface becomes a line of points at y = 0.
+    ``opts.upsample`` = K > 1 writes a K× finer grid interpolated from the computed one (see :func:`upsample`).
     """
     hl = _require("pyevtk.hl", "pyevtk", "the ParaView export (--vtk)")
     metric = pick_metric(data, opts.metric)
-    nx, ny = len(data.x), 1 if data.y is None else len(data.y)
+    names = _metric_order(data, metric)   # the first array is the one ParaView colours by
+    xs = np.asarray(data.x, dtype=np.float64)
+    ys = None if data.y is None else np.asarray(data.y, dtype=np.float64)
+    nx, ny = len(xs), 1 if ys is None else len(ys)
     height = values(data, metric, opts.log).reshape(nx, ny)
+    fields = {name: values(data, name, False).reshape(nx, ny) for name in names}
+    done = np.asarray(data.done, dtype=bool).reshape(nx, ny)
+    if opts.upsample > 1:
+        axes = [xs] if ys is None else [xs, ys]
+        shape = tuple(len(a) for a in axes)
+        fine_axes, fine = upsample(axes, {"__height": height.reshape(shape), "__done": np.where(done, 1.0, np.nan)
+                                          .reshape(shape), **{k: v.reshape(shape) for k, v in fields.items()}},
+                                   opts.upsample)
+        xs, ys = fine_axes[0], (None if ys is None else fine_axes[1])
+        nx, ny = len(xs), 1 if ys is None else len(ys)
+        height = fine.pop("__height").reshape(nx, ny)
+        done = np.isfinite(fine.pop("__done")).reshape(nx, ny)   # every corner of the point's cell done
+        fields = {k: v.reshape(nx, ny) for k, v in fine.items()}
     valid = np.isfinite(height)
     if not valid.any():
         raise PlotError(f"{data.path}: no finite {metric} values to export")
@@ -51,15 +68,47 @@ def export_vts(data: Any, base: str, opts: PlotOptions) -> str:
         # pyevtk takes (nx, ny, nz) arrays indexed [i, j, k] and writes them x-fastest as VTK expects.
         return np.ascontiguousarray(np.broadcast_to(a, (nx, ny)).reshape(nx, ny, 1))
 
-    xs = np.asarray(data.x, dtype=np.float64)[:, None]
-    ys = np.zeros((1, 1)) if data.y is None else np.asarray(data.y, dtype=np.float64)[None, :]
-    point_data: Dict[str, np.ndarray] = {}
-    for name in _metric_order(data, metric):   # the first array is the one ParaView colours by
-        point_data[name] = grid(values(data, name, False).reshape(nx, ny))
-    point_data["done"] = grid(np.asarray(data.done, dtype=np.uint8).reshape(nx, ny))
+    point_data: Dict[str, np.ndarray] = {name: grid(v) for name, v in fields.items()}
+    point_data["done"] = grid(done.astype(np.uint8))
     point_data["valid"] = grid(valid.astype(np.uint8))
-    hl.gridToVTK(base, grid(xs), grid(ys), grid(height), pointData=point_data)
+    ycol = np.zeros((1, 1)) if ys is None else ys[None, :]
+    hl.gridToVTK(base, grid(xs[:, None]), grid(ycol), grid(height), pointData=point_data)
     return base + ".vts"
+
+
+def upsample(axes: List[np.ndarray], arrays: Dict[str, np.ndarray], k: int
+             ) -> "tuple[List[np.ndarray], Dict[str, np.ndarray]]":
+    """Each array on a ``k``× finer grid (``(n − 1)·k + 1`` points per axis, the computed points among them).
+
+    The method: scipy's ``RegularGridInterpolator``, ``cubic`` (a cubic spline per axis) when every axis has at
+    least 4 points, else ``linear``. Gaps (NaN: not done or diverged) stay gaps: a fine point gets NaN when any
+    corner of the coarse cell it lies in is NaN (a spline cannot pass through a hole); the gaps are filled with the
+    array's mean only to fit the spline, which is then discarded there. Computed points keep their exact values.
+    """
+    try:
+        from scipy.interpolate import RegularGridInterpolator
+    except ImportError as e:
+        raise PlotError("--upsample needs scipy: pip install scipy") from e
+    if k < 1:
+        raise PlotError(f"--upsample must be an integer >= 1, got {k}")
+    if any(len(a) < 2 for a in axes):
+        raise PlotError("--upsample needs at least 2 points on every axis")
+    method = "cubic" if all(len(a) >= 4 for a in axes) else "linear"
+    fine_axes = [np.concatenate([np.linspace(a[i], a[i + 1], k + 1)[:-1] for i in range(len(a) - 1)] + [a[-1:]])
+                 for a in axes]
+    mesh = np.stack(np.meshgrid(*fine_axes, indexing="ij"), axis=-1)
+    out: Dict[str, np.ndarray] = {}
+    for name, v in arrays.items():
+        v = np.asarray(v, dtype=np.float64)
+        bad = ~np.isfinite(v)
+        filled = np.where(bad, np.nanmean(v) if (~bad).any() else 0.0, v)
+        smooth = RegularGridInterpolator(axes, filled, method=method)(mesh)
+        touched = RegularGridInterpolator(axes, bad.astype(np.float64), method="linear")(mesh) > 0
+        smooth[touched] = np.nan
+        every = tuple(slice(None, None, k) for _ in axes)
+        smooth[every] = np.where(bad, np.nan, v)   # computed points exactly as computed (no spline round-off)
+        out[name] = smooth
+    return fine_axes, out
 
 
 # ----------------------------------------------------------------------------------------------- XDMF sidecar

@@ -161,8 +161,8 @@ def _draw_1d(ax: Any, data: Any, opts: PlotOptions, group: Sequence[Any] = ()) -
     wanted = [opts.metric] if opts.metric else [m for m in METRICS if m in data.metrics]
     if opts.metric:
         pick_metric(data, opts.metric)      # a clear error when the file lacks it
-    losses = [m for m in wanted if not m.endswith("_acc")]
-    accs = [m for m in wanted if m.endswith("_acc")]
+    losses = [m for m in wanted if not m.endswith(("_acc", "_err"))]
+    accs = [m for m in wanted if m.endswith(("_acc", "_err"))]
     handles: List[Any] = []
     acc_ax = ax.twinx() if accs and losses else ax
     for target, names, color in ((ax, losses, "C0"), (acc_ax, accs, "C1")):
@@ -176,7 +176,7 @@ def _draw_1d(ax: Any, data: Any, opts: PlotOptions, group: Sequence[Any] = ()) -
             ax.set_yscale("log")
         _limit_1d(ax, group or [data], losses, opts)
     if accs:
-        acc_ax.set_ylabel("accuracy (%)")
+        acc_ax.set_ylabel("error (%)" if all(m.endswith("_err") for m in accs) else "accuracy (%)")
         if not losses:
             _limit_1d(acc_ax, group or [data], accs, opts)
     ax.set_xlabel("x")
@@ -188,6 +188,8 @@ def _draw_1d(ax: Any, data: Any, opts: PlotOptions, group: Sequence[Any] = ()) -
             ax.annotate(f"{'θ' if at == 0 else 'θ′'}: {name}", (at, 1.0), xycoords=("data", "axes fraction"),
                         xytext=(2, -10), textcoords="offset points", fontsize=7, color="dimgrey")
         ax.set_xlabel("α  (θ(α) = (1−α)·θ + α·θ′)")
+    if opts.xlim is not None:
+        ax.set_xlim(*opts.xlim)
     ax.legend(handles=handles, loc="best", fontsize=8)
     return acc_ax if acc_ax is not ax else None
 

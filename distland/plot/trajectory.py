@@ -21,9 +21,13 @@ class ProjectedPath:
     explained_variance: Optional[np.ndarray] = None   # (2,) ratios in [0, 1]
     path: str = ""
     centered: bool = True   # False: uncentered PCA, whose ratios are not comparable with the authors'
+    projected_on: str = ""  # projected onto given directions (``distland trajectory --dir-file``): axes x and y
 
     def axis_label(self, k: int) -> str:
-        """``"PC1: 84.1%"`` when the explained variance is known, else ``"PC1"``."""
+        """``"PC1: 84.1%"`` when the explained variance is known, else ``"PC1"``; ``"x"`` / ``"y"`` for a path
+        projected onto a surface's own directions."""
+        if self.projected_on:
+            return "xy"[k]
         if self.explained_variance is None or len(self.explained_variance) <= k \
                 or not np.isfinite(self.explained_variance[k]):
             return f"PC{k + 1}"
@@ -45,13 +49,44 @@ def read_trajectory(path: str) -> ProjectedPath:
             drops = np.asarray(f["trajectory/lr_drops"][()]) if "trajectory/lr_drops" in f else np.zeros(0, int)
             evr = f.attrs.get("explained_variance_ratio")
             centered = bool(f.attrs.get("centered", True))
+            projected = f.attrs.get("projected_on", "")
+            projected = projected.decode() if isinstance(projected, bytes) else str(projected)
     except OSError as e:
         raise PlotError(f"{path} is not a trajectory file: {e}") from e
     if coords.ndim != 2 or coords.shape[1] != 2 or len(labels) != len(coords):
         raise PlotError(f"{path}: trajectory/coords must be (K, 2) with K labels, got {coords.shape} and "
                         f"{len(labels)} labels")
     return ProjectedPath(coords, labels.astype(int), np.atleast_1d(drops).astype(int),
-                      None if evr is None else np.asarray(evr, dtype=np.float64), path, centered)
+                         None if evr is None else np.asarray(evr, dtype=np.float64), path, centered, projected)
+
+
+def is_trajectory_file(path: str) -> bool:
+    """A ``distland trajectory`` output (``trajectory/coords``, no surface grid): ``distland plot`` draws it alone."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return "trajectory/coords" in f and "xcoordinates" not in f
+    except OSError:
+        return False
+
+
+def plot_path(traj: ProjectedPath, dpi: int = 150) -> Any:
+    """The path alone (no surface): epochs, lr drops, the final weights at the origin, equal axis scales."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 5.0), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0.0], [0.0], "+", color="grey", markersize=10, zorder=3)   # the final weights (the centre)
+    c = traj.coords
+    pad = 0.05 * max(float(np.ptp(c[:, 0])), float(np.ptp(c[:, 1])), 1e-12)
+    ax.set_xlim(min(c[:, 0].min(), 0.0) - pad, max(c[:, 0].max(), 0.0) + pad)
+    ax.set_ylim(min(c[:, 1].min(), 0.0) - pad, max(c[:, 1].max(), 0.0) + pad)
+    overlay_trajectory(ax, traj)
+    ax.set_aspect("equal", adjustable="datalim")
+    where = f"in the directions of {os.path.basename(traj.projected_on)}" if traj.projected_on else "in its PCA plane"
+    fig.suptitle(f"{os.path.basename(traj.path)}: optimizer path {where}", fontsize=10)
+    return fig
 
 
 def check_trajectory_plane(surface_path: str, trajectory_path: str) -> None:
