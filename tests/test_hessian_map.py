@@ -148,3 +148,31 @@ def test_a_model_without_two_dim_weights_is_refused_in_one_line_before_writing(t
     err = capsys.readouterr().err.strip()
     assert err.startswith("distland: error:") and "hessian.params: all" in err and "\n" not in err, err
     assert not out.exists()
+
+
+def test_plots_and_info_of_a_map(tmp_path):
+    from distland.info import describe_surface
+    from distland.plot.cli import main as plot_main
+
+    two, one = tmp_path / "two.h5", tmp_path / "one.h5"
+    run_surface(small_config(two, *MODEL, *MAP))
+    run_surface(small_config(one, *MODEL, *MAP, "grid.y=null", "grid.x=[-1, 1, 5]"))
+    out = tmp_path / "plots"
+    assert plot_main([str(two), "--out", str(out), "--kinds", "heatmap"]) == 0
+    assert plot_main([str(two), "--out", str(out), "--kinds", "convexity,contour", "--metric", "min_eig"]) == 0
+    assert plot_main([str(one), "--out", str(out), "--metric", "max_eig"]) == 0
+    assert plot_main([str(one), "--out", str(out)]) == 0   # 1-D default: loss/accuracy curves plus convexity
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["one_1d.png", "one_1d_max_eig.png", "one_convexity_ratio.png", "two_contour_min_eig.png",
+                     "two_convexity_ratio.png", "two_heatmap_train_loss.png"], names
+    # A loss-only surface has no map: one line, exit 2.
+    loss_only = tmp_path / "loss.h5"
+    run_surface(small_config(loss_only, *MODEL))
+    assert plot_main([str(loss_only), "--out", str(out), "--kinds", "convexity"]) == 2
+
+    data = read(str(two))
+    ratio = np.abs(data.metrics["min_eig"] / data.metrics["max_eig"])
+    text = describe_surface(str(two))
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("hessian     "))
+    assert f"λmax {data.metrics['max_eig'][1, 1]:.6g}" in line and "at θ*" in line
+    assert f"on {100 * (ratio < 0.1).mean():.3g}% of 9 points" in line and "max_eig: min" in text
