@@ -165,7 +165,8 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
                 surface.plot_2d(datas[0], kind, opts, traj if kind != "surface3d" else None)
         else:
             fig = surface.plot_compare(datas, kind, opts)
-        metric = "ratio" if kind in HESSIAN_KINDS else opts.metric if kind == "1d" else pick_metric(datas[0], opts.metric)
+        metric = ("ratio" if kind in HESSIAN_KINDS else opts.metric if kind == "1d"
+                  else pick_metric(datas[0], opts.metric))
         path = os.path.join(out_dir, _name(stems, kind, metric, opts) + "." + opts.fmt)
         wrote(surface.save(fig, path, opts.dpi))
     for data, name in zip(datas, stems):
