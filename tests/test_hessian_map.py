@@ -153,7 +153,10 @@ def test_a_model_without_two_dim_weights_is_refused_in_one_line_before_writing(t
 
 def test_plots_and_info_of_a_map(tmp_path):
     from distland.info import describe_surface
-    from distland.plot.cli import main as plot_main
+    from distland import cli
+
+    def plot_main(args):
+        return cli.main(["plot", *args])
 
     two, one = tmp_path / "two.h5", tmp_path / "one.h5"
     run_surface(small_config(two, *MODEL, *MAP))
