@@ -13,6 +13,9 @@ variants, in the order a user needs them:
  6. the default with torch.compile (what ``compile: auto`` switches to when a rank has enough work) and the
     break-even work that sets ``engine.COMPILE_WORTH_S["cuda"]``, CUDA graphs, bf16 + compile: cold compiles of a
     minute or more each, last so that they cannot crowd out the cheap rows.
+ 7. one point of a Hessian map (``quantities: [hessian]``: λmax and λmin at the authors' tolerance 1e-2, one
+    Lanczos run, on the first 1,024 images), extrapolated to the paper's 51×51 convexity map on 50,000 images; it
+    may start up to HESSIAN_GRACE_S past ``--budget`` (it takes seconds), within ``--hard``.
 
 Every row records the state that took effect (compiled or fell back, BN folded or not, TF32 flags, stream).
 ``--budget`` seconds: no new timed point starts after it (a variant stops where it is); ``--hard`` seconds: the
@@ -51,6 +54,9 @@ from distland.models import build_model  # noqa: E402
 PAPER_POINTS = 51 * 51
 PAPER_FLOP = 32.7e15
 RANKS = 8
+HESSIAN_IMAGES = 1024   # the Hessian-map row's data (the first images)
+HESSIAN_LABEL = "Hessian-map point (λmax/λmin, tol 1e-2)"
+HESSIAN_GRACE_S = 15.0  # the last row (a few seconds) may start this far past --budget, inside --hard's margin
 CHECK_POINTS = ((0.0, 0.0), (0.3, -0.2))   # θ* and an off-centre point (stale weights would be exact only at θ*)
 # Tolerances against the fp32 reference: (relative loss, accuracy in percentage points, accuracy in samples; the
 # larger accuracy bound applies). fp32 variants only reorder float32 sums: ~1e-7 relative, and a prediction
@@ -200,7 +206,38 @@ def variants(on_gpu: bool, smoke: bool) -> List[Dict[str, Any]]:
         dict(label="default + compile (compile: auto on long sweeps)", eng=dict(compile="on"), skip=no_compile),
         dict(label="CUDA graphs (compile reduce-overhead)", eng={}, graphs=True, skip=cuda_only or no_compile),
         dict(label="bf16 + compile", eng=dict(precision="bf16", compile="on"), skip=no_compile),
+        dict(label=HESSIAN_LABEL, hessian=True),
     ]
+
+
+def hessian_row(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One point of a Hessian map (``quantities: [hessian]``) as the sweep computes it: λmax and λmin of the
+    ≥ 2-dim weights' Hessian from one Lanczos run at the authors' tolerance, on the first HESSIAN_IMAGES images
+    (a product costs ~4-5 forward passes, so the full set would not fit the budget; time scales with the images)."""
+    import copy
+
+    from distland.hessian import HessianOperator, extreme_eigenvalues, make_batches, probe_seed
+
+    row: Dict[str, Any] = dict(label=HESSIAN_LABEL, status="cut by the hard budget")
+    rows.append(row)
+    cuda = device.type == "cuda"
+    net = copy.deepcopy(model).to(device).eval()
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+    n = min(HESSIAN_IMAGES, len(x))
+    op = HessianOperator(net, make_batches(x[:n], y[:n], 512 if cuda else 128, device, cuda), "cross_entropy")
+    t0 = time.perf_counter()
+    ext = extreme_eigenvalues(op.matvec, op.dim, 1e-2, 200, probe_seed(0, "extremes", 0), like=op.params[0].detach())
+    sync(device)
+    dt = time.perf_counter() - t0
+    full = dt * 50_000 / n * PAPER_POINTS / 3600
+    row.update(hessian=dict(lmax=ext.lmax, lmin=ext.lmin, hvps=ext.hvps, converged=ext.converged, seconds=dt,
+                            images=n, paper_map_gpu_hours=full),
+               status=f"λmax {ext.lmax:.4g}, λmin {ext.lmin:.4g}, {ext.hvps} products"
+                      f"{'' if ext.converged else ' (NOT converged)'} on {n} images: {dt:.2f} s/point, "
+                      f"{dt / ext.hvps:.3f} s/product; 51×51 map on 50,000 images ≈ {full:.1f} device-hours")
+    return row
 
 
 class Clock:
@@ -471,8 +508,12 @@ def main() -> None:
             if spec.get("skip"):
                 rows.append(dict(label=spec["label"], status=f"skipped: {spec['skip']}"))
                 continue
-            if clock.left() <= 0:
+            if clock.left() <= (-HESSIAN_GRACE_S if spec.get("hessian") else 0):
                 rows.append(dict(label=spec["label"], status="not run: budget spent"))
+                continue
+            if spec.get("hessian"):
+                row = hessian_row(model, x, y, device, rows)
+                print(f"  {row['label']}: {row['status']}", flush=True)
                 continue
             row = run_variant(spec, default, model, ref, dirs, data, args.points, clock, rows)
             if reference is None and i == 1:

@@ -132,6 +132,7 @@ class HessianConfig:
     batch_size: int = 0             # samples per double backward (0: data.batch_size, else 128 CPU / 512 GPU)
     tol: float = 1e-3               # Ritz pairs converge when ‖Hv − λv‖ <= tol·max|λ| (see distland/hessian)
     max_iter: int = 200             # at most this many Hessian-vector products per Lanczos run
+    map_tol: float = 1e-2           # quantities: [hessian] maps (λmax/λmin per grid point): the paper authors' tol
     top_k: int = 5                  # eigenpairs; the top two are written as surface directions
     trace_probes: int = 50          # Hutchinson probes (0: no trace)
     density_probes: int = 4         # stochastic Lanczos quadrature probes (0: no density)
@@ -151,8 +152,9 @@ class HessianConfig:
         for key in ("max_iter", "top_k", "lanczos_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"hessian.{key} must be >= 1")
-        if not self.tol > 0:
-            raise ConfigError(f"hessian.tol must be > 0, got {self.tol}")
+        for key in ("tol", "map_tol"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"hessian.{key} must be > 0, got {getattr(self, key)}")
 
 
 @dataclass

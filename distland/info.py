@@ -92,6 +92,10 @@ def describe_surface(path: str) -> str:
         from .analysis.topology import PREFIX, topology_report   # a report stored before topology existed
 
         report.update({PREFIX + k: v for k, v in topology_report(data, metric).items()})
+    if report and "hessian.map_points" not in report:
+        from .analysis.convexity import PREFIX as HESSIAN, convexity_numbers   # a map added after the report
+
+        report.update({HESSIAN + k: v for k, v in convexity_numbers(data).items()})
     if report:
         lines.extend("  " + line for line in format_report(report, metric).splitlines())
     from .analysis import convergence

@@ -108,3 +108,41 @@ margin_loss.correct = lambda out, y: out.argmax(1) == y  # type: ignore[attr-def
 def batch_mean_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """A wrong plug-in: it reduces the batch."""
     return torch.nn.functional.cross_entropy(out, y)
+
+
+# ------------------------------------------------------------------------------------------ Hessian-map models
+class BNMLP(nn.Module):
+    """1,184 weights in ≥ 2-dim tensors with eval-mode BatchNorm (non-trivial statistics) between them: small enough
+    for a dense float64 Hessian per grid point (tests/test_hessian_map.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 10))
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            bn = self.net[2]
+            bn.weight.copy_(0.5 + torch.rand(16, generator=g))
+            bn.running_mean.copy_(0.2 * torch.randn(16, generator=g))
+            bn.running_var.copy_(0.5 + torch.rand(16, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def bn_mlp() -> nn.Module:
+    return BNMLP()
+
+
+class ScaleOnly(nn.Module):
+    """Only a 1-D parameter: the default Hessian parameters (≥ 2 dims) are empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10] * self.scale
+
+
+def scale_only() -> nn.Module:
+    return ScaleOnly()

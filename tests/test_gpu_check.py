@@ -43,6 +43,8 @@ def test_gpu_check_smoke_measures_the_default_path_and_checks_every_row(tmp_path
     assert theta["loss"] < 0.5 and theta["acc"] > 80   # a trained-like θ*, not ln 10
     fp32 = next(line for line in report["summary"] if line.startswith("fp32 "))
     assert "no variant" not in fp32   # the per-precision table has a measured exact row
+    hessian = rows["Hessian-map point (λmax/λmin, tol 1e-2)"]["hessian"]   # the last row ran, within the budget
+    assert hessian["hvps"] > 0 and hessian["lmin"] < hessian["lmax"] and hessian["images"] == 64
 
 
 def test_gpu_check_prints_its_summary_when_cut(tmp_path):

@@ -306,3 +306,21 @@ def test_mpi_lock_on_the_real_path_and_creation_by_rename(tmp_path):
     with h5py.File(target, "r") as f:
         assert f.attrs["io"] == "mpio" and f["done"][()].all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5", "link.yaml"]
+
+
+def test_a_hessian_map_under_mpi_equals_serial(tmp_path):
+    """λmax/λmin per point (quantities: [loss, hessian]) from 2 ranks equal the serial map: every point starts
+    Lanczos from the same seeded vector, whichever rank computes it."""
+    maps = {}
+    for np_ in (0, 2):
+        cfg = write_config(tmp_path, f"h{np_}", model="plugins:bn_mlp", quantities=["loss", "hessian"],
+                           grid={"x": [-1.0, 1.0, 3], "y": [-1.0, 1.0, 3]}, data__max_samples=32,
+                           hessian__samples=24, sweep__chunk=1)
+        r = run(np_, cfg)
+        assert r.returncode == 0, r.stderr
+        with h5py.File(tmp_path / f"h{np_}.h5", "r") as f:
+            assert f["hessian_done"][()].all()
+            maps[np_] = {k: f[k][()] for k in ("max_eig", "min_eig", "hessian_hvps")}
+    for k, v in maps[0].items():
+        np.testing.assert_allclose(maps[2][k], v, rtol=1e-6, atol=0, err_msg=k)
+    assert (maps[0]["min_eig"] < maps[0]["max_eig"]).all()

@@ -354,6 +354,9 @@ def sharpness_report(data: Any, metric: str = "train_loss", radius: float = 0.25
     from . import topology   # minima, basins and persistence (docs/topology.md), under the "topology." prefix
 
     report.update({topology.PREFIX + k: v for k, v in topology.topology_numbers(values, _axes(x, y), done).items()})
+    from . import convexity   # a Hessian map's λmax at θ* and convex fraction, under the "hessian." prefix
+
+    report.update({convexity.PREFIX + k: v for k, v in convexity.convexity_numbers(data).items()})
     return report
 
 
@@ -458,4 +461,7 @@ def format_report(report: Report, metric: str = "") -> str:
     from .topology import PREFIX as TOPOLOGY, format_topology
 
     lines.extend(format_topology(report, TOPOLOGY))
+    from .convexity import format_convexity
+
+    lines.extend(format_convexity(report))
     return "\n".join(lines)

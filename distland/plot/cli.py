@@ -15,6 +15,8 @@ from .trajectory import check_trajectory_plane
 
 FORMATS = ("png", "pdf", "svg")
 TOPOLOGY_KINDS = ("persistence",)   # persistence diagram + barcode of any surface (distland/plot/topology.py)
+HESSIAN_KINDS = ("convexity",)      # |λmin/λmax| of a Hessian map, 1-D or 2-D (distland/plot/hessian.py)
+EXTRA_KINDS = TOPOLOGY_KINDS + HESSIAN_KINDS
 
 DESCRIPTION = """\
 Render surface files written by `distland surface` (or by the paper authors' tool).
@@ -28,10 +30,10 @@ def _kinds(text: str) -> List[str]:
     if text.strip().lower() == "none":
         return []
     kinds = [k.strip() for k in text.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in KINDS + TOPOLOGY_KINDS]
+    bad = [k for k in kinds if k not in KINDS + EXTRA_KINDS]
     if bad or not kinds:
         raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(bad) or repr(text)}; choose from "
-                                         f"{', '.join(KINDS + TOPOLOGY_KINDS)} (comma-separated) or none")
+                                         f"{', '.join(KINDS + EXTRA_KINDS)} (comma-separated) or none")
     return list(dict.fromkeys(kinds))
 
 
@@ -53,13 +55,14 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default: the folder of the first surface file)")
     p.add_argument("--format", choices=FORMATS, default="png", help="image format (default: png)")
     p.add_argument("--metric", metavar="NAME",
-                   help=f"dataset to draw: {', '.join(METRICS)}, train_err / test_err (100 − accuracy), or any "
-                        "other per-point dataset in the file (default: train_loss, else the first present; "
-                        "1-D: all of them)")
+                   help=f"dataset to draw: {', '.join(METRICS)}, train_err / test_err (100 − accuracy), max_eig, "
+                        "min_eig and convexity = |min_eig/max_eig| from a Hessian map, or any other per-point "
+                        "dataset in the file (default: train_loss, else the first present; 1-D: all of them)")
     p.add_argument("--kinds", type=_kinds, metavar="K[,K...]",
-                   help=f"plots to make, from {', '.join(KINDS + TOPOLOGY_KINDS)}, or none (default: 1d for a "
-                        f"1-D surface, {','.join(KINDS_2D)} for a 2-D one; persistence: diagrams and barcodes "
-                        f"side by side, with distances between files)")
+                   help=f"plots to make, from {', '.join(KINDS + EXTRA_KINDS)}, or none (default: 1d for a "
+                        f"1-D surface, {','.join(KINDS_2D)} for a 2-D one, plus convexity when the file has a "
+                        f"Hessian map; persistence: diagrams and barcodes side by side, with distances between "
+                        f"files; convexity: |λmin/λmax| on the paper's 0-0.5 scale, blue = convex)")
     p.add_argument("--log", action="store_true",
                    help="log10 scale for the metric. Beware: a minimum at L = 5e-5 then looks deeper and sharper "
                         "than one at 0.06 (a decade per contour near zero); compare minima on a linear scale")
@@ -142,8 +145,11 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
     if len(ndims) > 1:
         raise PlotError("cannot mix 1-D and 2-D surfaces: " + ", ".join(f"{d.path} ({d.ndim}-D)" for d in datas))
     ndim = ndims.pop()
-    kinds = list(kinds) if kinds is not None else (["1d"] if ndim == 1 else list(KINDS_2D))
-    wrong = [k for k in kinds if k not in TOPOLOGY_KINDS and (k == "1d") != (ndim == 1)]
+    if kinds is None:
+        kinds = (["1d"] if ndim == 1 else list(KINDS_2D)) + (
+            list(HESSIAN_KINDS) if all("convexity" in d.metrics for d in datas) else [])
+    kinds = list(kinds)
+    wrong = [k for k in kinds if k not in EXTRA_KINDS and (k == "1d") != (ndim == 1)]
     if wrong:
         hint = "1d" if ndim == 1 else ",".join(KINDS_2D)
         raise PlotError(f"{', '.join(wrong)} cannot be drawn from a {ndim}-D surface; use --kinds {hint}")
@@ -169,12 +175,19 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
             from .topology import plot_persistence
 
             fig = plot_persistence(datas, opts)
+        elif kind in HESSIAN_KINDS:
+            from .hessian import plot_convexity
+
+            if len(datas) > 1:
+                raise PlotError("--kinds convexity draws one file at a time; pass one surface file")
+            fig = plot_convexity(datas[0], opts)
         elif len(datas) == 1:
             fig = surface.plot_1d(datas[0], opts) if kind == "1d" else \
                 surface.plot_2d(datas[0], kind, opts, traj if kind != "surface3d" else None)
         else:
             fig = surface.plot_compare(datas, kind, opts)
-        metric = opts.metric if kind == "1d" else pick_metric(datas[0], opts.metric)
+        metric = ("ratio" if kind in HESSIAN_KINDS else opts.metric if kind == "1d"
+                  else pick_metric(datas[0], opts.metric))
         path = os.path.join(out_dir, _name(stems, kind, metric, opts) + "." + opts.fmt)
         wrote(surface.save(fig, path, opts.dpi))
     for data, name in zip(datas, stems):

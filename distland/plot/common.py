@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 METRICS: Tuple[str, ...] = ("train_loss", "train_acc", "test_loss", "test_acc")
+# A Hessian map's (quantities: [hessian]) eigenvalues and |λmin/λmax| ("convexity", derived when a file is loaded).
+HESSIAN_METRICS: Tuple[str, ...] = ("max_eig", "min_eig", "convexity")
 KINDS_2D: Tuple[str, ...] = ("contour", "contourf", "heatmap", "surface3d")
 KINDS: Tuple[str, ...] = KINDS_2D + ("1d",)
 DEFAULT_LEVELS = 20
@@ -68,6 +70,15 @@ def load(path: str) -> Any:
         raise PlotError(f"{path}: no points are done yet; nothing to plot")
     add_datasets(data)
     add_errors(data)
+    add_convexity(data)
+    return data
+
+
+def add_convexity(data: Any) -> Any:
+    """Add ``convexity`` = |min_eig / max_eig| (the paper's Fig. 7 ratio) when the file holds a Hessian map."""
+    if "max_eig" in data.metrics and "min_eig" in data.metrics:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            data.metrics["convexity"] = np.abs(data.metrics["min_eig"] / data.metrics["max_eig"])
     return data
 
 

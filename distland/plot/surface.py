@@ -171,7 +171,8 @@ def _draw_1d(ax: Any, data: Any, opts: PlotOptions, group: Sequence[Any] = ()) -
             style = "--" if name.startswith("test") else "-"
             handles += target.plot(x, v, style, color=color, marker="." if len(x) <= 60 else None, label=name)
     if losses:
-        ax.set_ylabel("loss" + (" (log scale)" if opts.log else ""))
+        label = "loss" if all(n.endswith("_loss") for n in losses) else ", ".join(losses)   # e.g. max_eig
+        ax.set_ylabel(label + (" (log scale)" if opts.log else ""))
         if opts.log:
             ax.set_yscale("log")
         _limit_1d(ax, group or [data], losses, opts)

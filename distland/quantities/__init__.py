@@ -80,6 +80,7 @@ class Quantity(ABC):
 # that validating a config needs no torch.
 REGISTRY: Dict[str, str] = {
     "loss": "distland.quantities.loss:LossQuantity",
+    "hessian": "distland.quantities.hessian:HessianQuantity",
 }
 
 
