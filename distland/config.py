@@ -86,6 +86,12 @@ INTERP_X = (-0.5, 1.5, 401)   # the default 1-D interpolation grid: beyond both 
 class GridConfig:
     x: List[float] = field(default_factory=lambda: [-1.0, 1.0, 21])
     y: Optional[List[float]] = field(default_factory=lambda: [-1.0, 1.0, 21])
+    z: Optional[List[float]] = None                            # a third axis: a 3-D landscape (a volume)
+    more: List[List[float]] = field(default_factory=list)      # axes 4, 5, … ([min, max, num] each), after z
+
+    def extra_axes(self) -> List[List[float]]:
+        """The axes after ``y``: ``z``, then ``more``."""
+        return ([] if self.z is None else [self.z]) + list(self.more)
 
 
 @dataclass
@@ -183,10 +189,18 @@ class Config:
         check_axis("grid.x", self.grid.x)
         if self.grid.y is not None:
             check_axis("grid.y", self.grid.y)
+        if self.grid.z is not None:
+            check_axis("grid.z", self.grid.z)
+        for k, extra in enumerate(self.grid.more):
+            check_axis(f"grid.more[{k}]", extra)
+        if self.grid.more and self.grid.z is None:
+            raise ConfigError("grid.more lists axes 4, 5, …: set grid.z (the third axis) first")
+        if self.grid.z is not None and self.grid.y is None:
+            raise ConfigError("grid.z needs grid.y: a landscape's axes are x, y, z, … in this order")
         if self.directions.kind == "interp":
             if not self.directions.target:
                 raise ConfigError("directions.kind 'interp' needs directions.target: the checkpoint to interpolate to")
-            if self.grid.y is not None:
+            if self.grid.y is not None or self.grid.z is not None:
                 raise ConfigError("directions.kind 'interp' is 1-D: remove grid.y (set it to null)")
         if self.directions.kind == "file" and not self.directions.file:
             raise ConfigError("directions.kind 'file' needs directions.file")

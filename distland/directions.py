@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .config import NORMS
+from .grid import axis_names
 
 Tensors = Dict[str, torch.Tensor]
 _EPS = 1e-10   # guards 0/0 for an all-zero filter of θ* (then the direction's filter is zero too)
@@ -111,10 +112,11 @@ def check_compatible(direction: Mapping[str, torch.Tensor], reference: Mapping[s
 
 def make_random(reference: Mapping[str, torch.Tensor], seed: int, norm: str, ignore: str, ndim: int,
                 same_dir: bool = False) -> List[Tensors]:
-    """``ndim`` normalized random directions from one seeded stream (x first, then y)."""
+    """``ndim`` normalized random directions from one seeded stream (x first, then y, z, …: the first two of a
+    K-D job are the 2-D job's). ``same_dir``: every axis repeats x's direction."""
     gen = torch.Generator().manual_seed(int(seed))
     dirs = [normalize(random_direction(reference, gen), reference, norm, ignore)]
-    if ndim == 2:
+    for _ in range(1, ndim):
         dirs.append(OrderedDict((k, v.clone()) for k, v in dirs[0].items()) if same_dir
                     else normalize(random_direction(reference, gen), reference, norm, ignore))
     return dirs
@@ -153,7 +155,8 @@ def load_file(path: Union[str, Path], reference: Mapping[str, torch.Tensor], ndi
     except OSError as e:
         raise DirectionError(f"direction file {str(p)!r} is not a readable HDF5 file ({e})") from None
     with f:
-        for axis, legacy in (("x", "xdirection"), ("y", "ydirection"))[:ndim]:
+        # K-D: directions/z, directions/axis4, … (the authors' layout has x and y only)
+        for axis, legacy in zip(axis_names(ndim), ("xdirection", "ydirection") + ("",) * max(0, ndim - 2)):
             if f"directions/{axis}" in f:
                 group = f[f"directions/{axis}"]
                 d = OrderedDict((k, torch.from_numpy(np.asarray(group[k])) if k in group else None) for k in reference)
@@ -161,10 +164,11 @@ def load_file(path: Union[str, Path], reference: Mapping[str, torch.Tensor], ndi
                 if absent:
                     raise DirectionError(f"direction file {str(p)!r} has no tensor {absent[0]!r} in directions/{axis} "
                                          f"({len(absent)} missing); was it made for another model or directions.type?")
-            elif legacy in f:
+            elif legacy and legacy in f:
                 d = _legacy(f[legacy], reference, str(p), legacy)
             else:
-                raise DirectionError(f"direction file {str(p)!r} has neither directions/{axis} nor {legacy}; "
+                found = f"neither directions/{axis} nor {legacy}" if legacy else f"no directions/{axis}"
+                raise DirectionError(f"direction file {str(p)!r} has {found}; "
                                      f"a {ndim}-D surface needs {ndim} direction(s)")
             check_compatible(d, reference, f"direction file {str(p)!r} ({axis})")
             # Integer buffers never move: the authors' `states` files hold num_batches_tracked differences as
