@@ -473,6 +473,10 @@ class SurfaceData:
     layout: str = "distland"   # or "loss-landscape" (the paper authors' tool, read transposed)
     masks: Dict[str, np.ndarray] = field(default_factory=dict)   # every quantity's done mask, by dataset name
     more: Tuple[np.ndarray, ...] = ()   # the coordinates of the axes after y (z, axis4, …) on a K-D grid
+    # A plane (or line) cut from a K-D surface (distland.slicing.take): the names of its axes in the file, and the
+    # fixed axes with their coordinates; empty for a surface read as it is stored.
+    labels: Tuple[str, ...] = ()
+    section: Dict[str, float] = field(default_factory=dict)
 
     @property
     def axes(self) -> Tuple[np.ndarray, ...]:
