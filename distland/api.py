@@ -100,22 +100,20 @@ class Surface:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_numpy(self) -> Dict[str, np.ndarray]:
-        """``x``, ``y`` (2-D), every quantity and ``done`` as plain arrays (copies)."""
-        out = {"x": self.x.copy()}
-        if self.y is not None:
-            out["y"] = self.y.copy()
+        """``x``, ``y`` (2-D), ``z``, … (K-D), every quantity and ``done`` as plain arrays (copies)."""
+        out = {name: a.copy() for name, a in zip(self.data.names, self.data.axes)}   # x, y, z, … as the file has them
         out.update({k: v.copy() for k, v in self.values.items()})
         out["done"] = self.done.copy()
         return out
 
     def to_xarray(self) -> Any:
-        """An ``xarray.Dataset``: axes ``x`` (and ``y``), one variable per quantity, provenance in ``attrs``."""
+        """An ``xarray.Dataset``: axes ``x`` (and ``y``, ``z``, …), one variable per quantity, provenance in ``attrs``."""
         try:
             import xarray as xr
         except ImportError as e:
             raise ImportError("Surface.to_xarray needs xarray: pip install 'distland[xarray]'") from e
-        dims = ("x",) if self.y is None else ("x", "y")
-        coords = {"x": self.x} if self.y is None else {"x": self.x, "y": self.y}
+        dims = tuple(self.data.names)   # x, y, z, … (a K-D surface has one dimension per axis)
+        coords = dict(zip(dims, self.data.axes))
         attrs = {k: v for k, v in self.attrs.items() if isinstance(v, (str, int, float)) and not k.startswith("_")}
         attrs["path"] = self.path or IN_MEMORY
         return xr.Dataset({k: (dims, v) for k, v in self.values.items()}, coords=coords, attrs=attrs)
@@ -174,7 +172,7 @@ class Surface:
         def axis(v: np.ndarray) -> str:
             return f"[{v[0]:g}, {v[-1]:g}]" if len(v) > 1 else f"{v[0]:g}"
 
-        grid = f"x {axis(self.x)}" + ("" if self.y is None else f", y {axis(self.y)}")
+        grid = ", ".join(f"{name} {axis(a)}" for name, a in zip(self.data.names, self.data.axes))
         shape = "×".join(map(str, self.shape))
         done = int(np.count_nonzero(self.done))
         cfg = self.config
