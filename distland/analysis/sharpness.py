@@ -43,6 +43,8 @@ counted (``n_valid``, ``n_diverged``, ``n_pending``).
   mean of the end points' errors (so it is ≥ ½|E(0) − E(1)|); ``error_barrier_alpha`` is where. Two networks are
   linearly mode-connected in their sense when it is within noise (they use 2 percentage points).
 - **Topology** (``topology.*``): minima, persistence and the centre's basin, defined in :mod:`.topology`.
+- **K ≥ 3 axes**: the centre (at (0, …, 0); ``center_z``, …), the radius numbers and the topology only; the fit,
+  widths and basin area are 1-D/2-D numbers and are left out.
 """
 from __future__ import annotations
 
