@@ -127,6 +127,14 @@ class Surface:
         report = sharpness_report(self.data, metric or self._loss_metric(), radius, threshold, fit_radius)
         return {k: float(v) for k, v in report.items()}
 
+    def slice(self, **fixed: Union[float, str]) -> "Surface":
+        """The plane (or line) of a K-D surface with the named axes fixed: ``s.slice(z=0.5)`` at the grid coordinate
+        0.5, ``s.slice(z="@2")`` at index 2; no arguments: every axis after y at its point nearest 0 (see
+        :mod:`distland.slicing`). The result's ``data.labels`` name its axes, ``data.section`` the fixed ones."""
+        from . import slicing
+
+        return Surface(slicing.take(self.data, {k: str(v) for k, v in fixed.items()}), self.path)
+
     def plot(self, kind: Union[str, Sequence[str], None] = None, metric: Optional[str] = None, log: bool = False,
              ax: Any = None, trajectory: Optional[str] = None, **options: Any) -> Union["Figure", List["Figure"]]:
         """Matplotlib figure(s): ``kind`` is ``1d`` (1-D surfaces, the default) or ``contour`` (the 2-D default),
@@ -140,6 +148,8 @@ class Surface:
 
         if kind is not None and not isinstance(kind, str):
             return [self.plot(k, metric, log, None, trajectory, **options) for k in kind]
+        if self.ndim > 2:   # a K-D surface: the (x, y) plane through the points nearest 0 (others: slice first)
+            return self.slice().plot(kind, metric, log, ax, trajectory, **options)
         kind = kind or ("1d" if self.ndim == 1 else "contour")
         opts = PlotOptions(metric=metric, log=log, **options)
         if self.ndim == 1 and kind != "1d":

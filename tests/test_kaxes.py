@@ -263,3 +263,17 @@ def test_sharpness_report_of_a_volume_has_topology_and_no_2d_only_numbers(volume
     attrs = read(str(volume)).attrs
     assert "sharpness.topology.n_minima" in attrs and "sharpness.center_z" in attrs
     assert "sharpness.hess_xx" not in attrs
+
+
+def test_python_api_reads_slices_and_plots_a_volume(volume):
+    import distland
+
+    s = distland.read(str(volume))
+    assert s.ndim == 3 and list(s.to_xarray().train_loss.dims) == ["x", "y", "z"]
+    assert sorted(s.to_numpy()) == ["done", "train_acc", "train_loss", "x", "y", "z"]
+    xz = s.slice(y="@1")
+    assert xz.data.labels == ("x", "z") and xz.shape == (3, 5)
+    np.testing.assert_array_equal(xz["train_loss"], s["train_loss"][:, 1, :])
+    fig = s.plot("heatmap")   # the (x, y) plane at z = 0
+    assert [a.get_ylabel() for a in fig.axes][0] == "y" and "z = 0" in fig._suptitle.get_text()
+    assert xz.plot("contour").axes[0].get_ylabel() == "z"
