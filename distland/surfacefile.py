@@ -1,12 +1,13 @@
 """The surface file: one HDF5 file per job, written by every rank, readable by the paper authors' tool's users.
 
-Layout (``LAYOUT``): ``xcoordinates`` (nx,), ``ycoordinates`` (ny,) for 2-D, and for a K-D grid one more per
-axis, named by :func:`distland.grid.axis_name` (``zcoordinates``, then ``axis4coordinates``, …); the datasets of
-every per-point quantity the job computes (:mod:`distland.quantities`), each of shape (nx, ny) with
-[i, j] ↔ (x_i, y_j), (nx, ny, nz, …) with [i, j, k, …] ↔ (x_i, y_j, z_k, …) (rank K), or (nx,) for 1-D — for the loss quantity, per split ``<split>_loss`` (float64, mean over samples) and ``<split>_acc``
-(percent); each quantity has its own uint8 mask of finished points (``done`` for the loss, ``<name>_done`` for the
-others, named by each dataset's ``done_mask`` attribute) — a diverged point holds inf/NaN and is done; group
-``directions/x`` (and ``y``, ``z``, …: one per axis) with the normalized direction actually used, one dataset per state_dict key.
+Layout (``LAYOUT``): ``xcoordinates`` (nx,), ``ycoordinates`` (ny,) for 2-D, and for a K-D grid one more per axis,
+named by :func:`distland.grid.axis_name` (``zcoordinates``, then ``axis4coordinates``, …); the datasets of every
+per-point quantity the job computes (:mod:`distland.quantities`), each of shape (nx, ny) with [i, j] ↔ (x_i, y_j),
+of rank K, (nx, ny, nz, …), with [i, j, k, …] ↔ (x_i, y_j, z_k, …), or (nx,) for 1-D — for the loss quantity, per
+split ``<split>_loss`` (float64, mean over samples) and ``<split>_acc`` (percent); each quantity has its own uint8
+mask of finished points (``done`` for the loss, ``<name>_done`` for the others, named by each dataset's
+``done_mask`` attribute) — a diverged point holds inf/NaN and is done; group ``directions/x`` (and ``y``, ``z``, …:
+one per axis) with the normalized direction actually used, one dataset per state_dict key.
 Root attributes: ``config`` (resolved YAML), ``identity`` (JSON of what determines the values), per quantity
 ``quantity.<name>`` (JSON of its own settings), ``distland_version``, ``checkpoint_sha256``, ``seed``,
 ``created``, and per run ``devices``, ``engine``, ``io``.

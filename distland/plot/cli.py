@@ -177,15 +177,18 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
         wrote(surface.save(fig, path, opts.dpi))
     for full, data, name in zip(whole, datas, stems):
         metric = pick_metric(data, opts.metric)
-        tag = "_".join([name, metric] + (["log"] if opts.log else []))
-        name = stem(full.path) if full.ndim == 3 else name   # a volume is the whole file
-        if vtk:
-            volume_tag = "_".join([name, metric] + (["log"] if opts.log else []))
-            wrote(export.export_vti(full, os.path.join(out_dir, volume_tag), opts) if full.ndim == 3 else
-                  export.export_vts(data, os.path.join(out_dir, tag), opts))
-        if xdmf:
-            wrote(export.export_xdmf_volume(full, os.path.join(out_dir, name + ".xmf")) if full.ndim == 3 else
-                  export.export_xdmf(data, os.path.join(out_dir, name + ".xmf")))
+        log = ["log"] if opts.log else []
+        tag = "_".join([name, metric] + log)
+        if full.ndim == 3:   # a volume is the whole file, named after it (not after the plane drawn)
+            if vtk:
+                wrote(export.export_vti(full, os.path.join(out_dir, "_".join([stem(full.path), metric] + log)), opts))
+            if xdmf:
+                wrote(export.export_xdmf_volume(full, os.path.join(out_dir, stem(full.path) + ".xmf")))
+        else:
+            if vtk:
+                wrote(export.export_vts(data, os.path.join(out_dir, tag), opts))
+            if xdmf:
+                wrote(export.export_xdmf(data, os.path.join(out_dir, name + ".xmf")))
         if html:
             wrote(export.export_html(data, os.path.join(out_dir, tag + ".html"), opts))
     return written
