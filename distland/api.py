@@ -100,22 +100,20 @@ class Surface:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_numpy(self) -> Dict[str, np.ndarray]:
-        """``x``, ``y`` (2-D), every quantity and ``done`` as plain arrays (copies)."""
-        out = {"x": self.x.copy()}
-        if self.y is not None:
-            out["y"] = self.y.copy()
+        """``x``, ``y`` (2-D), ``z``, … (K-D), every quantity and ``done`` as plain arrays (copies)."""
+        out = {name: a.copy() for name, a in zip(self.data.names, self.data.axes)}   # x, y, z, … as the file has them
         out.update({k: v.copy() for k, v in self.values.items()})
         out["done"] = self.done.copy()
         return out
 
     def to_xarray(self) -> Any:
-        """An ``xarray.Dataset``: axes ``x`` (and ``y``), one variable per quantity, provenance in ``attrs``."""
+        """An ``xarray.Dataset``: axes ``x`` (and ``y``, ``z``, …), one variable per quantity, provenance in ``attrs``."""
         try:
             import xarray as xr
         except ImportError as e:
             raise ImportError("Surface.to_xarray needs xarray: pip install 'distland[xarray]'") from e
-        dims = ("x",) if self.y is None else ("x", "y")
-        coords = {"x": self.x} if self.y is None else {"x": self.x, "y": self.y}
+        dims = tuple(self.data.names)   # x, y, z, … (a K-D surface has one dimension per axis)
+        coords = dict(zip(dims, self.data.axes))
         attrs = {k: v for k, v in self.attrs.items() if isinstance(v, (str, int, float)) and not k.startswith("_")}
         attrs["path"] = self.path or IN_MEMORY
         return xr.Dataset({k: (dims, v) for k, v in self.values.items()}, coords=coords, attrs=attrs)
@@ -128,6 +126,14 @@ class Surface:
 
         report = sharpness_report(self.data, metric or self._loss_metric(), radius, threshold, fit_radius)
         return {k: float(v) for k, v in report.items()}
+
+    def slice(self, **fixed: Union[float, str]) -> "Surface":
+        """The plane (or line) of a K-D surface with the named axes fixed: ``s.slice(z=0.5)`` at the grid coordinate
+        0.5, ``s.slice(z="@2")`` at index 2; no arguments: every axis after y at its point nearest 0 (see
+        :mod:`distland.slicing`). The result's ``data.labels`` name its axes, ``data.section`` the fixed ones."""
+        from . import slicing
+
+        return Surface(slicing.take(self.data, {k: str(v) for k, v in fixed.items()}), self.path)
 
     def plot(self, kind: Union[str, Sequence[str], None] = None, metric: Optional[str] = None, log: bool = False,
              ax: Any = None, trajectory: Optional[str] = None, **options: Any) -> Union["Figure", List["Figure"]]:
@@ -146,6 +152,8 @@ class Surface:
 
         if kind is not None and not isinstance(kind, str):
             return [self.plot(k, metric, log, None, trajectory, **options) for k in kind]
+        if self.ndim > 2:   # a K-D surface: the (x, y) plane through the points nearest 0 (others: slice first)
+            return self.slice().plot(kind, metric, log, ax, trajectory, **options)
         kind = kind or ("1d" if self.ndim == 1 else "contour")
         opts = PlotOptions(metric=metric, log=log, **options)
         if self.ndim == 1 and kind != "1d":
@@ -178,7 +186,7 @@ class Surface:
         def axis(v: np.ndarray) -> str:
             return f"[{v[0]:g}, {v[-1]:g}]" if len(v) > 1 else f"{v[0]:g}"
 
-        grid = f"x {axis(self.x)}" + ("" if self.y is None else f", y {axis(self.y)}")
+        grid = ", ".join(f"{name} {axis(a)}" for name, a in zip(self.data.names, self.data.axes))
         shape = "×".join(map(str, self.shape))
         done = int(np.count_nonzero(self.done))
         cfg = self.config

@@ -92,7 +92,7 @@ def check_model_on_data(model: torch.nn.Module, splits: Mapping[str, Tuple[torch
 def check_coordinates(grid: Grid, reference: Mapping[str, torch.Tensor],
                       directions: Sequence[Mapping[str, np.ndarray]]) -> None:
     """Coordinates within float32 range, and θ* + Σ c·d representable in float32 at the grid's corners."""
-    axes = [("grid.x", grid.x)] + ([("grid.y", grid.y)] if grid.y is not None else [])
+    axes = [(f"grid.{name}", a) for name, a in zip(grid.names, grid.axes)]
     for key, axis in axes:
         big = float(np.max(np.abs(axis)))
         if not np.isfinite(big) or big > FLOAT32_MAX:
@@ -128,7 +128,7 @@ def available_memory() -> int:
 
 def estimate_file_bytes(grid: Grid, n_metrics: int, direction_bytes: int) -> int:
     """The new file's size: float64 metrics and a byte of ``done`` per point, coordinates, directions, headers."""
-    coords = 8 * (len(grid.x) + (len(grid.y) if grid.y is not None else 0))
+    coords = 8 * sum(grid.shape)
     return grid.size * (8 * n_metrics + 1) + coords + direction_bytes + FILE_OVERHEAD
 
 

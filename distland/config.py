@@ -101,6 +101,12 @@ PLANE_AXIS = (-0.5, 1.5, 41)  # the default axes of a plane through three models
 class GridConfig:
     x: List[float] = field(default_factory=lambda: [-1.0, 1.0, 21])
     y: Optional[List[float]] = field(default_factory=lambda: [-1.0, 1.0, 21])
+    z: Optional[List[float]] = None                            # a third axis: a 3-D landscape (a volume)
+    more: List[List[float]] = field(default_factory=list)      # axes 4, 5, … ([min, max, num] each), after z
+
+    def extra_axes(self) -> List[List[float]]:
+        """The axes after ``y``: ``z``, then ``more``."""
+        return ([] if self.z is None else [self.z]) + list(self.more)
 
 
 @dataclass
@@ -210,15 +216,26 @@ class Config:
         check_axis("grid.x", self.grid.x)
         if self.grid.y is not None:
             check_axis("grid.y", self.grid.y)
+        if self.grid.z is not None:
+            check_axis("grid.z", self.grid.z)
+        for k, extra in enumerate(self.grid.more):
+            check_axis(f"grid.more[{k}]", extra)
+        if self.grid.more and self.grid.z is None:
+            raise ConfigError("grid.more lists axes 4, 5, …: set grid.z (the third axis) first")
+        if self.grid.z is not None and self.grid.y is None:
+            raise ConfigError("grid.z needs grid.y: a landscape's axes are x, y, z, … in this order")
         if self.directions.kind == "interp":
             if not self.directions.target:
                 raise ConfigError("directions.kind 'interp' needs directions.target: the checkpoint to interpolate to")
+            if self.grid.z is not None:
+                raise ConfigError("directions.kind 'interp' has at most a random y axis: remove grid.z (and "
+                                  "grid.more)")
         if self.directions.kind == "plane":
             if not (self.directions.target and self.directions.target2):
                 raise ConfigError("directions.kind 'plane' needs directions.target (θ′, x = 1) and directions.target2 "
                                   "(θ″, y = 1): the plane through checkpoint, target and target2")
-            if self.grid.y is None:
-                raise ConfigError("directions.kind 'plane' is 2-D: set grid.y, e.g. [-0.5, 1.5, 41]")
+            if self.grid.y is None or self.grid.z is not None:
+                raise ConfigError("directions.kind 'plane' is 2-D: set grid.y, e.g. [-0.5, 1.5, 41], and no grid.z")
         elif self.directions.target2:
             raise ConfigError("directions.target2 is used by directions.kind 'plane' only; set kind: plane or remove it")
         if self.directions.kind == "file" and not self.directions.file:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .config import NORMS
+from .grid import axis_names
 
 Tensors = Dict[str, torch.Tensor]
 _EPS = 1e-10   # guards 0/0 for an all-zero filter of θ* (then the direction's filter is zero too)
@@ -111,15 +112,16 @@ def check_compatible(direction: Mapping[str, torch.Tensor], reference: Mapping[s
 
 def make_random(reference: Mapping[str, torch.Tensor], seed: int, norm: str, ignore: str, ndim: int,
                 same_dir: bool = False, ynorm: str = "", yignore: str = "") -> List[Tensors]:
-    """``ndim`` normalized random directions from one seeded stream (x first, then y). ``ynorm`` / ``yignore``
-    ("" = as x) normalize the y direction differently (the authors' ``--ynorm`` / ``--yignore``); the draws are
-    the same, so only the scaling differs from a surface without them."""
+    """``ndim`` normalized random directions from one seeded stream (x first, then y, z, …: the first two of a
+    K-D job are the 2-D job's). ``same_dir``: every axis repeats x's direction. ``ynorm`` / ``yignore`` ("" = as
+    x) normalize the other axes differently (the authors' ``--ynorm`` / ``--yignore``); the draws are the same,
+    so only the scaling differs from a surface without them."""
     gen = torch.Generator().manual_seed(int(seed))
     raw = random_direction(reference, gen)
     dirs = [normalize(raw, reference, norm, ignore)]
-    if ndim == 2:
-        raw_y = raw if same_dir else random_direction(reference, gen)
-        dirs.append(normalize(raw_y, reference, ynorm or norm, yignore or ignore))
+    for _ in range(1, ndim):
+        raw_k = raw if same_dir else random_direction(reference, gen)
+        dirs.append(normalize(raw_k, reference, ynorm or norm, yignore or ignore))
     return dirs
 
 
@@ -157,7 +159,8 @@ def load_file(path: Union[str, Path], reference: Mapping[str, torch.Tensor], ndi
     except OSError as e:
         raise DirectionError(f"direction file {str(p)!r} is not a readable HDF5 file ({e})") from None
     with f:
-        for axis, legacy in (("x", "xdirection"), ("y", "ydirection"))[:ndim]:
+        # K-D: directions/z, directions/axis4, … (the authors' layout has x and y only)
+        for axis, legacy in zip(axis_names(ndim), ("xdirection", "ydirection") + ("",) * max(0, ndim - 2)):
             if f"directions/{axis}" in f:
                 group = f[f"directions/{axis}"]
                 d = OrderedDict((k, torch.from_numpy(np.asarray(group[k])) if k in group else None) for k in reference)
@@ -165,10 +168,11 @@ def load_file(path: Union[str, Path], reference: Mapping[str, torch.Tensor], ndi
                 if absent:
                     raise DirectionError(f"direction file {str(p)!r} has no tensor {absent[0]!r} in directions/{axis} "
                                          f"({len(absent)} missing); was it made for another model or directions.type?")
-            elif legacy in f:
+            elif legacy and legacy in f:
                 d = _legacy(f[legacy], reference, str(p), legacy)
             else:
-                raise DirectionError(f"direction file {str(p)!r} has neither directions/{axis} nor {legacy}; "
+                found = f"neither directions/{axis} nor {legacy}" if legacy else f"no directions/{axis}"
+                raise DirectionError(f"direction file {str(p)!r} has {found}; "
                                      f"a {ndim}-D surface needs {ndim} direction(s)")
             check_compatible(d, reference, f"direction file {str(p)!r} ({axis})")
             # Integer buffers never move: the authors' `states` files hold num_batches_tracked differences as

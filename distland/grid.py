@@ -1,8 +1,12 @@
-"""The α/β grid: pure functions, no communication.
+"""The α/β(/γ/…) grid: pure functions, no communication.
 
-Points are numbered in row-major order of the ``(nx, ny)`` result arrays: flat index ``p = i * ny + j`` is the point
-``(x_i, y_j)``, stored at ``[i, j]``. (The paper authors' tool stores it at ``[j, i]``.) A 1-D grid has ``ny = 1``
-internally and arrays of shape ``(nx,)``.
+Points are numbered in row-major (C) order of the result arrays: on a 2-D grid flat index ``p = i * ny + j`` is the
+point ``(x_i, y_j)``, stored at ``[i, j]``; on a K-D grid ``p`` is ``np.ravel_multi_index((i, j, k, …), shape)``,
+the point ``(x_i, y_j, z_k, …)`` stored at ``[i, j, k, …]``. (The paper authors' tool stores 2-D at ``[j, i]``.) A
+1-D grid has arrays of shape ``(nx,)``.
+
+Axes are named ``x``, ``y``, ``z``, then ``axis4``, ``axis5``, …: the name gives the coordinates dataset
+(``<name>coordinates``) and the directions group (``directions/<name>``) of the surface file.
 """
 from __future__ import annotations
 
@@ -14,43 +18,66 @@ import numpy as np
 from .config import GridConfig, check_axis
 
 
+def axis_name(k: int) -> str:
+    """The name of axis ``k`` (0-based): x, y, z, axis4, axis5, …"""
+    return "xyz"[k] if k < 3 else f"axis{k + 1}"
+
+
+def axis_names(ndim: int) -> List[str]:
+    return [axis_name(k) for k in range(ndim)]
+
+
 @dataclass(frozen=True)
 class Grid:
-    """Coordinates of a 1-D (``y is None``) or 2-D grid."""
+    """Coordinates of a 1-D (``y is None``), 2-D or K-D grid (``more``: the axes after ``y``)."""
 
     x: np.ndarray
     y: Optional[np.ndarray] = None
+    more: Tuple[np.ndarray, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: GridConfig) -> "Grid":
+        extra = [axis(*check_axis(f"grid.{axis_name(k + 2)}", a)) for k, a in enumerate(cfg.extra_axes())]
         return cls(axis(*check_axis("grid.x", cfg.x)),
-                   None if cfg.y is None else axis(*check_axis("grid.y", cfg.y)))
+                   None if cfg.y is None else axis(*check_axis("grid.y", cfg.y)), tuple(extra))
+
+    @property
+    def axes(self) -> Tuple[np.ndarray, ...]:
+        return (self.x,) if self.y is None else (self.x, self.y) + tuple(self.more)
+
+    @property
+    def names(self) -> List[str]:
+        return axis_names(self.ndim)
 
     @property
     def ndim(self) -> int:
-        return 1 if self.y is None else 2
+        return 1 if self.y is None else 2 + len(self.more)
 
     @property
     def shape(self) -> Tuple[int, ...]:
-        return (len(self.x),) if self.y is None else (len(self.x), len(self.y))
+        return tuple(len(a) for a in self.axes)
 
     @property
     def ny(self) -> int:
         return 1 if self.y is None else len(self.y)
 
     @property
+    def run(self) -> int:
+        """Points per run of consecutive flat indices that one slab write can take: the last axis's length
+        (the whole grid when 1-D)."""
+        return len(self.axes[-1])
+
+    @property
     def size(self) -> int:
-        return len(self.x) * self.ny
+        return int(np.prod(self.shape))
 
     def index(self, p: int) -> Tuple[int, ...]:
         """Array index of flat point ``p``."""
-        i, j = divmod(int(p), self.ny)
-        return (i,) if self.y is None else (i, j)
+        return tuple(int(i) for i in np.unravel_index(int(p), self.shape))
 
     def coords(self, p: int) -> Tuple[float, ...]:
-        """``(α,)`` or ``(α, β)`` of flat point ``p``."""
-        i, j = divmod(int(p), self.ny)
-        return (float(self.x[i]),) if self.y is None else (float(self.x[i]), float(self.y[j]))
+        """``(α,)``, ``(α, β)`` or ``(α, β, γ, …)`` of flat point ``p``."""
+        return tuple(float(a[i]) for a, i in zip(self.axes, self.index(p)))
 
 
 def axis(lo: float, hi: float, num: int) -> np.ndarray:
@@ -60,7 +87,8 @@ def axis(lo: float, hi: float, num: int) -> np.ndarray:
 
 def segments(points: Sequence[int], ny: int) -> List[Tuple[int, int, int, int]]:
     """Group sorted flat indices into ``(row, j0, j1, k0)`` runs: points ``k0..k0+(j1-j0)`` of the input are row
-    ``row``, columns ``j0:j1``. One contiguous slab write per run keeps HDF5 I/O to a handful of calls per chunk."""
+    ``row`` (the flat index over every axis but the last), last-axis positions ``j0:j1``. One contiguous slab write
+    per run keeps HDF5 I/O to a handful of calls per chunk."""
     out: List[Tuple[int, int, int, int]] = []
     k = 0
     n = len(points)

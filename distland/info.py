@@ -34,8 +34,7 @@ def describe_surface(path: str) -> str:
 
     data = read(path)
     n_done, n = int(data.done.sum()), data.done.size
-    grid = " × ".join(f"{name} [{a[0]:g}, {a[-1]:g}] ({len(a)})" for name, a in (("x", data.x), ("y", data.y))
-                      if a is not None)
+    grid = " × ".join(f"{name} [{a[0]:g}, {a[-1]:g}] ({len(a)})" for name, a in zip(data.names, data.axes))
     cfg = data.config
     d = cfg.get("directions", {}) if isinstance(cfg, dict) else {}
     lines: List[str] = [f"file {path} ({data.layout} layout)",

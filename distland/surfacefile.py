@@ -1,11 +1,13 @@
 """The surface file: one HDF5 file per job, written by every rank, readable by the paper authors' tool's users.
 
-Layout (``LAYOUT``): ``xcoordinates`` (nx,), ``ycoordinates`` (ny,) for 2-D; the datasets of every per-point
-quantity the job computes (:mod:`distland.quantities`), each of shape (nx, ny) with [i, j] ↔ (x_i, y_j), or (nx,)
-for 1-D — for the loss quantity, per split ``<split>_loss`` (float64, mean over samples) and ``<split>_acc``
-(percent); each quantity has its own uint8 mask of finished points (``done`` for the loss, ``<name>_done`` for the
-others, named by each dataset's ``done_mask`` attribute) — a diverged point holds inf/NaN and is done; group
-``directions/x`` (and ``y``) with the normalized direction actually used, one dataset per state_dict key.
+Layout (``LAYOUT``): ``xcoordinates`` (nx,), ``ycoordinates`` (ny,) for 2-D, and for a K-D grid one more per axis,
+named by :func:`distland.grid.axis_name` (``zcoordinates``, then ``axis4coordinates``, …); the datasets of every
+per-point quantity the job computes (:mod:`distland.quantities`), each of shape (nx, ny) with [i, j] ↔ (x_i, y_j),
+of rank K, (nx, ny, nz, …), with [i, j, k, …] ↔ (x_i, y_j, z_k, …), or (nx,) for 1-D — for the loss quantity, per
+split ``<split>_loss`` (float64, mean over samples) and ``<split>_acc`` (percent); each quantity has its own uint8
+mask of finished points (``done`` for the loss, ``<name>_done`` for the others, named by each dataset's
+``done_mask`` attribute) — a diverged point holds inf/NaN and is done; group ``directions/x`` (and ``y``, ``z``, …:
+one per axis) with the normalized direction actually used, one dataset per state_dict key.
 Root attributes: ``config`` (resolved YAML), ``identity`` (JSON of what determines the values), per quantity
 ``quantity.<name>`` (JSON of its own settings), ``distland_version``, ``checkpoint_sha256``, ``seed``,
 ``created``, and per run ``devices``, ``engine``, ``io``.
@@ -32,7 +34,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import __version__
-from .grid import Grid, segments
+from .grid import Grid, axis_name, axis_names, segments
 
 LAYOUT = 1
 DONE_ATTR = "done_mask"   # on every per-point dataset: the name of the mask that says which of its points are done
@@ -164,11 +166,11 @@ def stored_progress(path: str, spec: SurfaceSpec) -> Tuple[List[Dict[str, np.nda
     """For a job that resumes ``path``: the directions stored in it, and each quantity's number of points still
     to compute (all of them for a quantity the file does not hold yet)."""
     with _h5py().File(path, "r", locking=False) as f:
-        if any(f"directions/{a}" not in f for a in "xy"[:spec.grid.ndim]):
+        if any(f"directions/{a}" not in f for a in spec.grid.names):
             raise SurfaceError(f"{path} is a damaged distland file (its directions are missing); move it away or use "
                                "--overwrite to replace it")
         directions = [{k: np.asarray(f[f"directions/{a}/{k}"][()]) for k in f[f"directions/{a}"]}
-                      for a in "xy"[:spec.grid.ndim]]
+                      for a in spec.grid.names]
         pending = {q.name: int(np.count_nonzero(f[q.done][()] == 0)) if q.done in f else spec.grid.size
                    for q in spec.quantities}
     return directions, pending
@@ -377,12 +379,11 @@ class SurfaceWriter:
     @staticmethod
     def _create(f: Any, spec: SurfaceSpec) -> None:
         f.attrs["distland_creating"] = 1  # first: a file with this but no distland_layout was never finished
-        f.create_dataset("xcoordinates", data=spec.grid.x)
-        if spec.grid.y is not None:
-            f.create_dataset("ycoordinates", data=spec.grid.y)
+        for name, values in zip(spec.grid.names, spec.grid.axes):
+            f.create_dataset(f"{name}coordinates", data=values)
         for q in spec.quantities:
             SurfaceWriter._create_quantity(f, spec.grid, q)
-        for axis, direction in zip("xy", spec.directions):
+        for axis, direction in zip(spec.grid.names, spec.directions):
             group = f.create_group(f"directions/{axis}")
             for key, arr in direction.items():
                 group.create_dataset(key, data=arr)
@@ -428,8 +429,7 @@ class SurfaceWriter:
         """Store finished points of ``quantity``: values first, then their ``done`` flags (so a crash in between
         loses nothing but the recomputation of these points)."""
         q = self.quantities[quantity]
-        ny = self.grid.ny if self.grid.ndim == 2 else self.grid.size
-        runs = segments(points, ny)
+        runs = segments(points, self.grid.run)   # runs along the last axis
         for d in q.datasets:
             ds, vals = self.f[d.name], np.asarray(values[d.name], dtype=d.dtype)
             for i, j0, j1, k in runs:
@@ -441,7 +441,10 @@ class SurfaceWriter:
             self.f.flush()  # serial HDF5 caches small writes; flush so a crash keeps finished chunks
 
     def _sel(self, i: int, j0: int, j1: int) -> Tuple[Any, ...]:
-        return (slice(j0, j1),) if self.grid.ndim == 1 else (i, slice(j0, j1))
+        if self.grid.ndim <= 2:
+            return (slice(j0, j1),) if self.grid.ndim == 1 else (i, slice(j0, j1))
+        lead = np.unravel_index(i, self.grid.shape[:-1])   # row i: the flat index over every axis but the last
+        return tuple(int(a) for a in lead) + (slice(j0, j1),)
 
     def abandon(self) -> None:
         """Make closing a no-op, for a rank about to be aborted with the others: closing an ``mpio`` file is
@@ -458,7 +461,8 @@ class SurfaceWriter:
 # ------------------------------------------------------------------------------------------------ reader
 @dataclass
 class SurfaceData:
-    """A surface file read into memory, always in [i, j] ↔ (x_i, y_j) order with NaN where not done."""
+    """A surface file read into memory, always in [i, j] ↔ (x_i, y_j) order ([i, j, k, …] on a K-D grid) with NaN
+    where not done."""
 
     path: str
     x: np.ndarray
@@ -469,10 +473,23 @@ class SurfaceData:
     config: Dict[str, Any]
     layout: str = "distland"   # or "loss-landscape" (the paper authors' tool, read transposed)
     masks: Dict[str, np.ndarray] = field(default_factory=dict)   # every quantity's done mask, by dataset name
+    more: Tuple[np.ndarray, ...] = ()   # the coordinates of the axes after y (z, axis4, …) on a K-D grid
+    # A plane (or line) cut from a K-D surface (distland.slicing.take): the names of its axes in the file, and the
+    # fixed axes with their coordinates; empty for a surface read as it is stored.
+    labels: Tuple[str, ...] = ()
+    section: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def axes(self) -> Tuple[np.ndarray, ...]:
+        return (self.x,) if self.y is None else (self.x, self.y) + tuple(self.more)
+
+    @property
+    def names(self) -> List[str]:
+        return axis_names(self.ndim)
 
     @property
     def ndim(self) -> int:
-        return 1 if self.y is None else 2
+        return 1 if self.y is None else 2 + len(self.more)
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -500,6 +517,9 @@ def read(path: str) -> SurfaceData:
             raise SurfaceError(f"{path!r} is not a surface file (no 'xcoordinates' dataset)")
         x = np.asarray(f["xcoordinates"][()], dtype=np.float64).reshape(-1)
         y = np.asarray(f["ycoordinates"][()], dtype=np.float64).reshape(-1) if "ycoordinates" in f else None
+        more: List[np.ndarray] = []
+        while y is not None and f"{axis_name(2 + len(more))}coordinates" in f:
+            more.append(np.asarray(f[f"{axis_name(2 + len(more))}coordinates"][()], dtype=np.float64).reshape(-1))
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
         legacy = "distland_layout" not in f.attrs
         # Which mask says a dataset's points are done: its own attribute; files of distland 0.1 have only the
@@ -523,7 +543,7 @@ def read(path: str) -> SurfaceData:
             missing = sorted(set(owner.values()) - set(masks))
             if missing or not masks:
                 raise SurfaceError(f"{path!r} is a damaged distland file (no {(missing or ['done'])[0]!r} mask)")
-    expected = (len(x),) if y is None else (len(x), len(y))
+    expected = (len(x),) if y is None else (len(x), len(y)) + tuple(len(a) for a in more)
     for k, v in raw.items():
         if v.shape != expected:
             raise SurfaceError(f"{path!r}: dataset {k} has shape {v.shape}, expected {expected} from the coordinates")
@@ -539,7 +559,7 @@ def read(path: str) -> SurfaceData:
     if config is not None and not isinstance(config, dict):
         raise SurfaceError(f"{path!r}: its 'config' attribute holds a {type(config).__name__}, not a mapping")
     return SurfaceData(str(p), x, y, metrics, done, attrs, config or {},
-                       "loss-landscape" if legacy else "distland", masks)
+                       "loss-landscape" if legacy else "distland", masks, tuple(more))
 
 
 def _attr(v: Any) -> Any:

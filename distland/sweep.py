@@ -191,6 +191,8 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None,
                        "file": sha256(cfg.directions.file) if cfg.directions.file else ""},
         "grid": {"x": list(map(float, cfg.grid.x)), "y": None if cfg.grid.y is None else list(map(float, cfg.grid.y))},
     }
+    if cfg.grid.extra_axes():   # only K-D jobs name more axes, so 1-D and 2-D files made before still resume
+        identity["grid"]["more"] = [list(map(float, a)) for a in cfg.grid.extra_axes()]
     if cfg.directions.kind in ("interp", "plane") and dirs.variance_keys(reference):
         # Files from before running variances were interpolated geometrically must not be resumed.
         identity["directions"]["bn_variance"] = "geometric"
@@ -405,9 +407,7 @@ def summarize(cfg: Config, grid: Grid, computed: int, seconds: float, ranks: int
         if finite.any():
             flat = np.where(finite, values, np.inf)
             idx = np.unravel_index(int(np.argmin(flat)), flat.shape)
-            at = {"x": float(grid.x[idx[0]])}
-            if grid.y is not None:
-                at["y"] = float(grid.y[idx[1]])
+            at = {name: float(a[i]) for name, a, i in zip(grid.names, grid.axes, idx)}
             summary.minimum = {"metric": metric, "value": float(flat[idx]), "at": at}
         summary.nonfinite = int(np.count_nonzero(data.done & ~np.isfinite(values)))
         if data.complete:

@@ -139,10 +139,10 @@ def test_unknown_top_level_key_lists_the_valid_ones(tmp_path):
 
 def test_unknown_nested_key_names_the_section_and_its_keys():
     with pytest.raises(ConfigError) as info:
-        load_config(None, ["grid.z=[0, 1, 2]"])
+        load_config(None, ["grid.w=[0, 1, 2]"])   # (grid.z is the third axis of a 3-D landscape)
     msg = str(info.value)
-    assert "grid.z" in msg
-    assert "valid keys in grid: x, y" in msg
+    assert "grid.w" in msg
+    assert "valid keys in grid: x, y, z, more" in msg
     with pytest.raises(ConfigError) as info:
         load_config(None, ["data.maxsamples=3"])
     msg = str(info.value)

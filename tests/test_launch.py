@@ -295,9 +295,9 @@ def test_cli_rejects_unknown_option(config: str, capsys: pytest.CaptureFixture) 
 
 
 def test_cli_checks_config_and_overrides(config: str, capsys: pytest.CaptureFixture) -> None:
-    args = cli(["launch", "slurm", config, "--set", "grid.z=[0,1,3]"])
+    args = cli(["launch", "slurm", config, "--set", "grid.w=[0,1,3]"])
     assert args.func(args) == 2
-    assert "grid.z" in capsys.readouterr().err
+    assert "grid.w" in capsys.readouterr().err
     args = cli(["launch", "slurm", "missing.yaml"])
     assert args.func(args) == 2
     args = cli(["launch", "slurm", "missing.yaml", "--no-check"])

@@ -79,8 +79,9 @@ def numbers(data: Any, metric: str = "train_loss") -> Dict[str, float]:
         out["conv_" + k] = v
     for split in ("train", "test"):
         if f"{split}_acc" in data.metrics:
-            out[f"{split}_acc_centre"] = center_loss(data.x, data.y, data.metrics[f"{split}_acc"], data.done)[0]
-    if data.y is not None and metric in data.metrics:
+            out[f"{split}_acc_centre"] = center_loss(data.x, data.y, data.metrics[f"{split}_acc"], data.done,
+                                                     getattr(data, "more", ()))[0]
+    if data.y is not None and not getattr(data, "more", ()) and metric in data.metrics:   # roughness is 2-D
         out.update(roughness(data.x, data.y, data.metrics[metric], data.done))
     return out
 

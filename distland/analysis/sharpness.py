@@ -43,6 +43,8 @@ counted (``n_valid``, ``n_diverged``, ``n_pending``).
   mean of the end points' errors (so it is ≥ ½|E(0) − E(1)|); ``error_barrier_alpha`` is where. Two networks are
   linearly mode-connected in their sense when it is within noise (they use 2 percentage points).
 - **Topology** (``topology.*``): minima, persistence and the centre's basin, defined in :mod:`.topology`.
+- **K ≥ 3 axes**: the centre (at (0, …, 0); ``center_z``, …), the radius numbers and the topology only; the fit,
+  widths and basin area are 1-D/2-D numbers and are left out.
 """
 from __future__ import annotations
 
@@ -110,9 +112,11 @@ def _points(axes: Sequence[np.ndarray]) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- the numbers
 def center_loss(x: np.ndarray, y: Optional[np.ndarray], values: np.ndarray,
-                done: Optional[np.ndarray] = None) -> Tuple[float, Tuple[float, ...], bool]:
-    """(L_c, c, interpolated): the loss at the grid point (0, 0), interpolated there, or at the nearest valid point."""
-    axes, values = _axes(x, y), np.asarray(values, dtype=np.float64)
+                done: Optional[np.ndarray] = None, more: Sequence[np.ndarray] = ()
+                ) -> Tuple[float, Tuple[float, ...], bool]:
+    """(L_c, c, interpolated): the loss at the grid point (0, 0), interpolated there, or at the nearest valid point.
+    ``more``: the axes after y of a K-D grid (the origin is then (0, …, 0))."""
+    axes, values = _axes(x, y) + [np.asarray(a, dtype=np.float64) for a in more], np.asarray(values, dtype=np.float64)
     valid, _, _ = classify(values, done)
     origin = (0.0,) * len(axes)
     loss = _interpolate(axes, values, valid, origin)
@@ -128,9 +132,9 @@ def center_loss(x: np.ndarray, y: Optional[np.ndarray], values: np.ndarray,
 
 
 def radius_increase(x: np.ndarray, y: Optional[np.ndarray], values: np.ndarray, done: Optional[np.ndarray],
-                    center: Sequence[float], loss_c: float, radius: float) -> Report:
+                    center: Sequence[float], loss_c: float, radius: float, more: Sequence[np.ndarray] = ()) -> Report:
     """Max and mean of L − L_c over valid points within ``radius`` of ``center``; invalid ones are counted."""
-    axes, values = _axes(x, y), np.asarray(values, dtype=np.float64)
+    axes, values = _axes(x, y) + [np.asarray(a, dtype=np.float64) for a in more], np.asarray(values, dtype=np.float64)
     valid = classify(values, done)[0].reshape(-1)
     dist = np.linalg.norm(_points(axes) - np.asarray(center), axis=1)
     inside = dist <= radius * (1 + 1e-9) + 1e-300   # a point exactly on the circle counts despite rounding
@@ -325,8 +329,9 @@ def sharpness_report(data: Any, metric: str = "train_loss", radius: float = 0.25
         raise ValueError(f"radius ({radius}) and threshold ({threshold}) must be >= 0")
     x = np.asarray(data.x, dtype=np.float64)
     y = None if data.y is None else np.asarray(data.y, dtype=np.float64)
+    more = [np.asarray(a, dtype=np.float64) for a in getattr(data, "more", ())]   # K-D: the axes after y
     values = np.asarray(data.metrics[metric], dtype=np.float64)
-    shape = (x.size,) if y is None else (x.size, y.size)
+    shape = (x.size,) if y is None else (x.size, y.size) + tuple(a.size for a in more)
     if values.shape != shape:
         raise ValueError(f"metric {metric!r} has shape {values.shape}, the grid is {shape}")
     done = getattr(data, "done", None)
@@ -335,10 +340,23 @@ def sharpness_report(data: Any, metric: str = "train_loss", radius: float = 0.25
     report: Report = {"n_points": float(values.size), "n_valid": float(valid.sum()),
                       "n_diverged": float(diverged.sum()), "n_pending": float(pending.sum()),
                       "radius": float(radius), "threshold": float(threshold)}
-    loss_c, c, interpolated = center_loss(x, y, values, done)
+    loss_c, c, interpolated = center_loss(x, y, values, done, more)
     report.update(center_loss=loss_c, center_x=c[0], center_interpolated=float(interpolated))
     if y is not None:
         report["center_y"] = c[1]
+    from . import topology   # minima, basins and persistence (docs/topology.md), under the "topology." prefix
+
+    if more:
+        # K ≥ 3 axes: the centre, the radius numbers and the topology (all N-D); the quadratic fit, the axis
+        # widths and the basin area are defined on 1-D and 2-D surfaces only, so they are left out, not faked.
+        from ..grid import axis_name
+
+        report.update({f"center_{axis_name(k + 2)}": c[k + 2] for k in range(len(more))})
+        if not math.isnan(loss_c):
+            report.update(radius_increase(x, y, values, done, c, loss_c, radius, more))
+        report.update({topology.PREFIX + k: v
+                       for k, v in topology.topology_numbers(values, _axes(x, y) + more, done).items()})
+        return report
     if not math.isnan(loss_c):
         report.update(radius_increase(x, y, values, done, c, loss_c, radius))
         report.update(curvature(x, y, values, done, c, radius if fit_radius is None else fit_radius))
@@ -351,8 +369,6 @@ def sharpness_report(data: Any, metric: str = "train_loss", radius: float = 0.25
         if acc in data.metrics:
             report.update(lmc_error_barrier(x, np.asarray(data.metrics[acc], dtype=np.float64).reshape(shape),
                                             done))
-    from . import topology   # minima, basins and persistence (docs/topology.md), under the "topology." prefix
-
     report.update({topology.PREFIX + k: v for k, v in topology.topology_numbers(values, _axes(x, y), done).items()})
     from . import convexity   # a Hessian map's λmax at θ* and convex fraction, under the "hessian." prefix
 
@@ -429,7 +445,10 @@ def format_report(report: Report, metric: str = "") -> str:
     two_d = "center_y" in report
     lines = [f"sharpness{' of ' + metric if metric else ''}: {int(r('n_points', 0))} points, "
              f"{int(r('n_valid', 0))} valid, {int(r('n_diverged', 0))} diverged, {int(r('n_pending', 0))} pending"]
-    where = f"({g('center_x')}, {g('center_y')})" if two_d else f"{g('center_x')}"
+    from ..grid import axis_names
+
+    names = [n for n in axis_names(64) if f"center_{n}" in report] if two_d else ["x"]
+    where = f"({', '.join(g(f'center_{n}') for n in names)})" if two_d else f"{g('center_x')}"
     lines.append(f"  centre      L = {g('center_loss')} at {where}{flag('center_interpolated', 'interpolated')}")
     if "max_increase" in report:
         lines.append(f"  radius {g('radius')}  max ΔL = {g('max_increase')}, mean ΔL = {g('mean_increase')} "

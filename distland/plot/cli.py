@@ -23,7 +23,9 @@ Render surface files written by `distland surface` (or by the paper authors' too
 One file: one figure per kind. Several files: one comparison figure per kind, a panel per file, all on the same
 colour scale. Exports (--vtk, --xdmf, --html) are written for every file. Output names are
 STEM_KIND_METRIC[_log].FORMAT (comparisons: compare_STEM1_STEM2_...), STEM_METRIC[_log].vts|.html and
-STEM.xmf; each path is printed as it is written."""
+STEM.xmf; each path is printed as it is written.
+A surface with 3 or more axes is drawn as the plane of two of them: --slice fixes the others (z=0.5: at that grid
+point; z=@2: at that index), by default at the points nearest 0; --vtk and --xdmf write it as a volume (.vti, .xmf)."""
 
 
 def _kinds(text: str) -> List[str]:
@@ -81,7 +83,11 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--dpi", type=int, default=150, help="resolution of raster images (default: 150)")
     p.add_argument("--trajectory", metavar="TRAJ.h5",
                    help="draw this optimizer path (from `distland trajectory`) over the 2-D plots")
-    p.add_argument("--vtk", action="store_true", help="also write a ParaView structured grid (.vts)")
+    p.add_argument("--slice", metavar="AXIS=V[,AXIS=V...]",
+                   help="surfaces of 3+ axes: fix these axes (V a grid coordinate, or @INDEX) and draw the one or two "
+                        "left free, in file order (default: every axis after y at the point nearest 0)")
+    p.add_argument("--vtk", action="store_true",
+                   help="also write a ParaView structured grid (.vts); a 3-D surface: a volume (.vti)")
     p.add_argument("--xdmf", action="store_true", help="also write an XDMF sidecar (.xmf) that opens the .h5")
     p.add_argument("--html", action="store_true", help="also write an interactive 3-D HTML page (needs plotly)")
     p.set_defaults(func=run_cli)
@@ -92,7 +98,7 @@ def run_cli(args: argparse.Namespace) -> int:
     error."""
     try:
         plot_files(args.surfaces, options_from_args(args), kinds=args.kinds, out=args.out,
-                   trajectory=args.trajectory, vtk=args.vtk, xdmf=args.xdmf, html=args.html,
+                   trajectory=args.trajectory, vtk=args.vtk, xdmf=args.xdmf, html=args.html, section=args.slice,
                    on_write=lambda path: print(f"wrote {path}", flush=True))
     except PlotError as e:
         print(f"distland plot: error: {e}", file=sys.stderr)
@@ -121,13 +127,17 @@ def _name(stems: Sequence[str], kind: str, metric: Optional[str], opts: PlotOpti
 
 def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence[str]] = None,
                out: Optional[str] = None, trajectory: Optional[str] = None, vtk: bool = False, xdmf: bool = False,
-               html: bool = False, on_write: Optional[Callable[[str], None]] = None) -> List[str]:
+               html: bool = False, on_write: Optional[Callable[[str], None]] = None,
+               section: Optional[str] = None) -> List[str]:
     """Everything ``distland plot`` does, as a function: returns the paths written, in order.
+
+    ``section``: the ``--slice`` text (see :mod:`distland.slicing`); surfaces of 3+ axes are drawn as a plane.
 
     ``on_write`` is called with each path as soon as it is written (big grids take a while per figure).
     """
     from . import export, surface            # matplotlib, plotly and h5py load here, not for `--help`
     from .trajectory import is_trajectory_file, plot_path, read_trajectory
+    from distland import slicing
 
     if len(paths) == 1 and os.path.isfile(paths[0]) and is_trajectory_file(paths[0]):
         # A trajectory file alone: the path-only plot (the authors' plot_trajectory.py output).
@@ -140,7 +150,16 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
             on_write(out_path)
         return [out_path]
 
-    datas = [load(p) for p in paths]        # every input checked before anything is written
+    whole = [load(p) for p in paths]        # every input checked before anything is written
+    try:
+        fixed = slicing.parse(section) if section else None
+        datas = [slicing.take(d, fixed) for d in whole]   # K-D: the plane drawn (2-D, 1-D: unchanged)
+    except slicing.SliceError as e:
+        raise PlotError(str(e)) from None
+    deep = [d for d in whole if d.ndim > 3]
+    if deep and (vtk or xdmf):
+        raise PlotError(f"{deep[0].path} has {deep[0].ndim} axes: --vtk and --xdmf write volumes of 3; draw its "
+                        "planes with --slice")
     ndims = {d.ndim for d in datas}
     if len(ndims) > 1:
         raise PlotError("cannot mix 1-D and 2-D surfaces: " + ", ".join(f"{d.path} ({d.ndim}-D)" for d in datas))
@@ -162,7 +181,8 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
         check_trajectory_plane(datas[0].path, trajectory)
     out_dir = out or os.path.dirname(os.path.abspath(paths[0]))
     os.makedirs(out_dir, exist_ok=True)
-    stems = [stem(p) for p in paths]
+    # A plane of a K-D surface is named after its section (s_z0.5), so planes of one volume never overwrite each other.
+    stems = [stem(p) + "".join(f"_{n}{v:g}" for n, v in d.section.items()) for p, d in zip(paths, datas)]
     written: List[str] = []
 
     def wrote(path: str) -> None:
@@ -174,7 +194,7 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
         if kind in TOPOLOGY_KINDS:
             from .topology import plot_persistence
 
-            fig = plot_persistence(datas, opts)
+            fig = plot_persistence(whole, opts)   # the topology of the whole surface, every axis
         elif kind in HESSIAN_KINDS:
             from .hessian import plot_convexity
 
@@ -190,13 +210,20 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
                   else pick_metric(datas[0], opts.metric))
         path = os.path.join(out_dir, _name(stems, kind, metric, opts) + "." + opts.fmt)
         wrote(surface.save(fig, path, opts.dpi))
-    for data, name in zip(datas, stems):
+    for full, data, name in zip(whole, datas, stems):
         metric = pick_metric(data, opts.metric)
-        tag = "_".join([name, metric] + (["log"] if opts.log else []))
-        if vtk:
-            wrote(export.export_vts(data, os.path.join(out_dir, tag), opts))
-        if xdmf:
-            wrote(export.export_xdmf(data, os.path.join(out_dir, name + ".xmf")))
+        log = ["log"] if opts.log else []
+        tag = "_".join([name, metric] + log)
+        if full.ndim == 3:   # a volume is the whole file, named after it (not after the plane drawn)
+            if vtk:
+                wrote(export.export_vti(full, os.path.join(out_dir, "_".join([stem(full.path), metric] + log)), opts))
+            if xdmf:
+                wrote(export.export_xdmf_volume(full, os.path.join(out_dir, stem(full.path) + ".xmf")))
+        else:
+            if vtk:
+                wrote(export.export_vts(data, os.path.join(out_dir, tag), opts))
+            if xdmf:
+                wrote(export.export_xdmf(data, os.path.join(out_dir, name + ".xmf")))
         if html:
             wrote(export.export_html(data, os.path.join(out_dir, tag + ".html"), opts))
     return written

@@ -321,7 +321,13 @@ def describe(data: Any) -> str:
     if data.y is None:
         parts.append(f"{len(data.x)} points on {_axis_text(data.x)}")
     else:
-        parts.append(f"grid {len(data.x)}×{len(data.y)} on {_axis_text(data.x)}×{_axis_text(data.y)}")
+        axes = list(getattr(data, "axes", (data.x, data.y)))   # K-D: every axis
+        parts.append(f"grid {'×'.join(str(len(a)) for a in axes)} on {'×'.join(_axis_text(a) for a in axes)}")
+    section = getattr(data, "section", None)
+    if section:   # a plane of a K-D surface: which one
+        names = list(getattr(data, "labels", ()) or ("x", "y"))
+        parts[-1] = parts[-1].replace("grid ", f"{'×'.join(names)} plane ", 1)
+        parts.append("at " + ", ".join(f"{n} = {v:.4g}" for n, v in section.items()))
     if split:
         parts.append(f"split: {split}")
     done = np.asarray(data.done, dtype=bool)

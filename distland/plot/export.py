@@ -1,4 +1,5 @@
-"""Exports for other viewers: a ParaView structured grid (.vts), an XDMF sidecar (.xmf) and interactive HTML.
+"""Exports for other viewers: a ParaView structured grid (.vts), an XDMF sidecar (.xmf) and interactive HTML; for
+3-D surfaces a ParaView volume (.vti) and an XDMF 3DRectMesh.
 
 pyevtk and plotly are optional (``pip install 'distland[plot]'``); they are imported only when used.
 """
@@ -211,3 +212,94 @@ def export_html(data: Any, path: str, opts: PlotOptions) -> str:
     fig.update_layout(title={"text": title(data, metric, opts.log).replace("\n", "<br>")}, height=750)
     fig.write_html(path, include_plotlyjs=True, full_html=True)
     return path
+
+
+# ------------------------------------------------------------------------------------- volumes (K >= 3 axes)
+def _vtk_array(parent: ET.Element, name: str, a: np.ndarray) -> None:
+    """One DataArray in VTK's inline ``binary`` format: base64 of a UInt32 byte count, then the values (little
+    endian), the points x-fastest as VTK orders them (our arrays are [i, j, k] with k fastest: transposed)."""
+    import base64
+
+    kinds = {"f8": "Float64", "u1": "UInt8"}
+    a = np.asarray(a)
+    a = a.astype("<f8") if a.dtype.kind == "f" else a.astype("u1")
+    raw = np.ascontiguousarray(a.transpose()).tobytes()
+    item = ET.SubElement(parent, "DataArray", type=kinds[a.dtype.str.lstrip("<|")], Name=name, format="binary",
+                         NumberOfComponents="1")
+    item.text = base64.b64encode(np.array(len(raw), dtype="<u4").tobytes() + raw).decode("ascii")
+
+
+def export_vti(data: Any, base: str, opts: PlotOptions) -> str:
+    """Write ``base.vti``: a 3-D surface as VTK image data (a volume ParaView renders, slices and contours).
+
+    The grid's axes are evenly spaced, so the volume is an image with origin (x₀, y₀, z₀) and one spacing per axis,
+    ParaView's X, Y, Z being the surface's x, y, z (no mirror). Every metric is a point array in data units (NaN
+    where not done or diverged; log10 with ``log``, the first array being the one drawn), with ``done`` and
+    ``valid`` flags: threshold on ``valid`` to cut the gaps out. Plain XML with base64 data, no extra package.
+    """
+    if data.ndim != 3:
+        raise PlotError(f"{data.path}: a volume export needs 3 axes, this surface has {data.ndim}")
+    metric = pick_metric(data, opts.metric)
+    axes = [np.asarray(a, dtype=np.float64) for a in data.axes]
+    shape = tuple(a.size for a in axes)
+    spacing = [float(a[1] - a[0]) if a.size > 1 else 1.0 for a in axes]
+    for a, step in zip(axes, spacing):
+        if a.size > 2 and not np.allclose(np.diff(a), step, rtol=1e-9, atol=1e-12 * (abs(step) or 1.0)):
+            raise PlotError(f"{data.path}: a volume export needs evenly spaced axes")
+    extent = " ".join(f"0 {n - 1}" for n in shape)
+    root = ET.Element("VTKFile", type="ImageData", version="1.0", byte_order="LittleEndian",
+                      header_type="UInt32")
+    image = ET.SubElement(root, "ImageData", WholeExtent=extent, Origin=" ".join(f"{a[0]:.17g}" for a in axes),
+                          Spacing=" ".join(f"{s:.17g}" for s in spacing))
+    piece = ET.SubElement(image, "Piece", Extent=extent)
+    points = ET.SubElement(piece, "PointData", Scalars=metric)
+    valid = np.isfinite(values(data, metric, False)) & np.asarray(data.done, dtype=bool)
+    for name in _metric_order(data, metric):
+        shown = values(data, name, opts.log and name == metric)
+        _vtk_array(points, f"log10({name})" if opts.log and name == metric else name, shown.reshape(shape))
+    if opts.log:
+        points.set("Scalars", f"log10({metric})")
+    _vtk_array(points, "done", np.asarray(data.done, dtype=np.uint8).reshape(shape))
+    _vtk_array(points, "valid", valid.astype(np.uint8).reshape(shape))
+    ET.SubElement(piece, "CellData")
+    tree = ET.ElementTree(root)
+    ET.indent(tree)
+    tree.write(base + ".vti", encoding="utf-8", xml_declaration=True)
+    return base + ".vti"
+
+
+def export_xdmf_volume(data: Any, out_path: str) -> str:
+    """An XDMF (.xmf) 3DRectMesh over the 3-D surface ``.h5`` itself, no copy of the data.
+
+    As for 2-D (:func:`export_xdmf`), XDMF reads [i, j, k] with k fastest, and the fastest index is the viewer's X:
+    viewer X, Y, Z are the surface's z, y, x (recorded in an Information element)."""
+    import h5py
+
+    with h5py.File(data.path, "r") as f:
+        coords = ("xcoordinates", "ycoordinates", "zcoordinates")
+        if any(c not in f for c in coords) or "axis4coordinates" in f:
+            raise PlotError(f"{data.path}: the XDMF volume export needs a 3-D surface file (x, y, z axes)")
+        dims = tuple(int(f[c].shape[0]) for c in coords)
+        names = [m for m in METRICS if m in f] + [m for m in ("done",) if m in f and f[m].dtype.kind in "iu"]
+        items = {n: (tuple(f[n].shape), f[n].dtype) for n in names}
+        coord_types = {c: f[c].dtype for c in coords}
+    for name, (shape, _) in items.items():
+        if shape != dims:
+            raise PlotError(f"{data.path}: dataset {name} has shape {shape}, expected {dims}")
+    h5 = os.path.relpath(os.path.abspath(data.path), os.path.dirname(os.path.abspath(out_path)))
+    root = ET.Element("Xdmf", Version="2.0")
+    domain = ET.SubElement(root, "Domain")
+    grid = ET.SubElement(domain, "Grid", Name=os.path.splitext(os.path.basename(data.path))[0], GridType="Uniform")
+    ET.SubElement(grid, "Topology", TopologyType="3DRectMesh", Dimensions=" ".join(map(str, dims)))
+    geometry = ET.SubElement(grid, "Geometry", GeometryType="VXVYVZ")
+    for c in reversed(coords):   # VX is the fastest index: z
+        _data_item(geometry, f"{h5}:/{c}", (dims[coords.index(c)],), coord_types[c])
+    ET.SubElement(grid, "Information", Name="axes", Value="viewer X = surface z, viewer Y = surface y, "
+                                                          "viewer Z = surface x")
+    for name, (shape, dtype) in items.items():
+        attr = ET.SubElement(grid, "Attribute", Name=name, AttributeType="Scalar", Center="Node")
+        _data_item(attr, f"{h5}:/{name}", shape, dtype)
+    tree = ET.ElementTree(root)
+    ET.indent(tree)
+    tree.write(out_path, encoding="utf-8", xml_declaration=True)
+    return out_path

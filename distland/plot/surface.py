@@ -18,6 +18,7 @@ from .common import (KINDS_2D, METRICS, PlotError, PlotOptions, choose_levels, d
                      minimizer_warning, model_name, pick_metric, plane, stem, title, transform_scalar, value_range,
                      values)
 from .trajectory import ProjectedPath, overlay_trajectory
+from ..slicing import axis_labels
 
 CMAP = "viridis"
 
@@ -112,8 +113,9 @@ def draw_2d(ax: Any, data: Any, kind: str, metric: str, opts: PlotOptions, level
         ax.set_ylim(y.min(), y.max())
     for axis in (ax.xaxis, ax.yaxis):       # few ticks: side-by-side panels are narrow
         axis.set_major_locator(ticker.MaxNLocator(5))
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
+    names = axis_labels(data)   # a plane of a K-D surface names its own axes (x, z at fixed y)
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
     return m
 
 
@@ -180,7 +182,7 @@ def _draw_1d(ax: Any, data: Any, opts: PlotOptions, group: Sequence[Any] = ()) -
         acc_ax.set_ylabel("error (%)" if all(m.endswith("_err") for m in accs) else "accuracy (%)")
         if not losses:
             _limit_1d(acc_ax, group or [data], accs, opts)
-    ax.set_xlabel("x")
+    ax.set_xlabel(axis_labels(data)[0])
     ends = interp_ends(data)
     if ends is not None:
         # Which model sits where: the curve alone does not say which end is which.
