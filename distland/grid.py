@@ -27,19 +27,13 @@ def axis_names(ndim: int) -> List[str]:
     return [axis_name(k) for k in range(ndim)]
 
 
-@dataclass(frozen=True)
-class Grid:
-    """Coordinates of a 1-D (``y is None``), 2-D or K-D grid (``more``: the axes after ``y``)."""
+class Axes:
+    """The axes of a grid held as ``x``, ``y`` (None for 1-D) and ``more`` (the axes after ``y``): shared by
+    :class:`Grid` and :class:`distland.surfacefile.SurfaceData`."""
 
     x: np.ndarray
-    y: Optional[np.ndarray] = None
-    more: Tuple[np.ndarray, ...] = ()
-
-    @classmethod
-    def from_config(cls, cfg: GridConfig) -> "Grid":
-        extra = [axis(*check_axis(f"grid.{axis_name(k + 2)}", a)) for k, a in enumerate(cfg.extra_axes())]
-        return cls(axis(*check_axis("grid.x", cfg.x)),
-                   None if cfg.y is None else axis(*check_axis("grid.y", cfg.y)), tuple(extra))
+    y: Optional[np.ndarray]
+    more: Tuple[np.ndarray, ...]
 
     @property
     def axes(self) -> Tuple[np.ndarray, ...]:
@@ -52,6 +46,21 @@ class Grid:
     @property
     def ndim(self) -> int:
         return 1 if self.y is None else 2 + len(self.more)
+
+
+@dataclass(frozen=True)
+class Grid(Axes):
+    """Coordinates of a 1-D (``y is None``), 2-D or K-D grid (``more``: the axes after ``y``)."""
+
+    x: np.ndarray
+    y: Optional[np.ndarray] = None
+    more: Tuple[np.ndarray, ...] = ()
+
+    @classmethod
+    def from_config(cls, cfg: GridConfig) -> "Grid":
+        extra = [axis(*check_axis(f"grid.{axis_name(k + 2)}", a)) for k, a in enumerate(cfg.extra_axes())]
+        return cls(axis(*check_axis("grid.x", cfg.x)),
+                   None if cfg.y is None else axis(*check_axis("grid.y", cfg.y)), tuple(extra))
 
     @property
     def shape(self) -> Tuple[int, ...]:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import __version__
-from .grid import Grid, axis_name, axis_names, segments
+from .grid import Axes, Grid, axis_name, segments
 
 LAYOUT = 1
 DONE_ATTR = "done_mask"   # on every per-point dataset: the name of the mask that says which of its points are done
@@ -460,7 +460,7 @@ class SurfaceWriter:
 
 # ------------------------------------------------------------------------------------------------ reader
 @dataclass
-class SurfaceData:
+class SurfaceData(Axes):
     """A surface file read into memory, always in [i, j] ↔ (x_i, y_j) order ([i, j, k, …] on a K-D grid) with NaN
     where not done."""
 
@@ -478,18 +478,6 @@ class SurfaceData:
     # fixed axes with their coordinates; empty for a surface read as it is stored.
     labels: Tuple[str, ...] = ()
     section: Dict[str, float] = field(default_factory=dict)
-
-    @property
-    def axes(self) -> Tuple[np.ndarray, ...]:
-        return (self.x,) if self.y is None else (self.x, self.y) + tuple(self.more)
-
-    @property
-    def names(self) -> List[str]:
-        return axis_names(self.ndim)
-
-    @property
-    def ndim(self) -> int:
-        return 1 if self.y is None else 2 + len(self.more)
 
     @property
     def shape(self) -> Tuple[int, ...]:
