@@ -362,17 +362,18 @@ class SurfaceWriter:
             if mpi_comm is not None:
                 mpi_comm.Barrier()  # the file is in place before anyone reopens it
         else:
-            added = [q for q in spec.quantities if q.done not in _h5py_names(path)]
+            # A quantity joins an existing surface: its datasets are metadata growth, so they go in through a copy
+            # that replaces the file only once complete (as attributes do), by rank 0 alone. Only rank 0 looks at
+            # the file: a rank reading it after the rename would see nothing to add and skip the barrier.
+            root = mpi_comm is None or mpi_comm.Get_rank() == 0
+            added = [q for q in spec.quantities if q.done not in _h5py_names(path)] if root else []
             if added:
-                # A quantity joins an existing surface: its datasets are metadata growth, so they go in through a
-                # copy that replaces the file only once complete (as attributes do), by rank 0 alone.
-                if mpi_comm is None or mpi_comm.Get_rank() == 0:
-                    update_copy(path, lambda f: [cls._create_quantity(f, spec.grid, q) for q in added],
-                                f"add {', '.join(q.name for q in added)} to",
-                                sum(spec.grid.size * (1 + sum(np.dtype(d.dtype).itemsize for d in q.datasets))
-                                    for q in added))
-                if mpi_comm is not None:
-                    mpi_comm.Barrier()
+                update_copy(path, lambda f: [cls._create_quantity(f, spec.grid, q) for q in added],
+                            f"add {', '.join(q.name for q in added)} to",
+                            sum(spec.grid.size * (1 + sum(np.dtype(d.dtype).itemsize for d in q.datasets))
+                                for q in added))
+            if mpi_comm is not None:
+                mpi_comm.Barrier()   # the file has its new datasets before anyone opens it
         f = h5py.File(path, "r+", **kwargs)
         return cls(f, spec, mpi_comm is not None)
 
