@@ -103,6 +103,12 @@ def build_reference_model(cfg: Config) -> Tuple[torch.nn.Module, str]:
     torch.manual_seed(INIT_SEED)
     model = build_model(cfg.model, allow=cfg.plugins, **cfg.model_args)
     if cfg.checkpoint:
+        train_cfg = getattr(cfg, "train", None)
+        if train_cfg and not Path(cfg.checkpoint).exists():
+            # The config names the run that writes this checkpoint: that run is the fix, not an empty path
+            # (which would silently evaluate an untrained net).
+            raise CheckpointError(f"checkpoint {cfg.checkpoint!r} not found; train it first: distland train "
+                                  f"{train_cfg} (or run `distland surface` on this config, which trains it)")
         apply_state_dict(model, load_state_dict(cfg.checkpoint), f"checkpoint {cfg.checkpoint!r}")
         digest = sha256(cfg.checkpoint)
     else:

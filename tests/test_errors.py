@@ -224,3 +224,19 @@ def test_nan_at_the_minimizer_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="train split holds 1 NaN/inf input"):
         run_surface(cfg)
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_a_missing_checkpoint_with_a_training_config_names_the_training_command(tmp_path, capsys):
+    # `distland hessian` builds θ* without training on demand: the fix it suggests is the config's own training
+    # run, not an empty checkpoint path (which would evaluate an untrained net).
+    train_cfg = "configs/small/train/democnn_sb_wd0.yaml"
+    path = write_yaml(tmp_path / "job.yaml", small_config_dict(tmp_path / "out.h5", checkpoint=str(tmp_path / "no.pt"),
+                                                               train=train_cfg))
+    assert cli.main(["hessian", str(path), "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert f"distland train {train_cfg}" in err and "no.pt" in err and "initial weights" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+    # Without `train:` the message still offers the other fix.
+    with pytest.raises(CheckpointError, match="initial weights"):
+        from distland.sweep import build_reference_model
+        build_reference_model(load_config(path, ["train=''"]))

@@ -196,6 +196,27 @@ def test_a_flat_basin_in_steep_walls_gets_quantile_levels(tmp_path):
     np.testing.assert_allclose(explicit, [0, 10, 20, 30, 40])
 
 
+def test_a_comparison_keeps_the_quantile_levels_a_file_gets_alone(tmp_path):
+    # A flat basin (quantile levels alone) beside a high plane whose values put the pooled median mid-range: the
+    # comparison must not fall back to even levels that leave the basin with one contour.
+    m = float(max(np.abs(X).max(), np.abs(Y).max()))
+    basin = load(write_surface(str(tmp_path / "basin.h5"), X, Y,
+                               {"train_loss": lambda a, b: 0.1 + 300 * ((a / m) ** 2 + (b / m) ** 2) ** 4 / 16},
+                               model="basin"))
+    plane_ = load(write_surface(str(tmp_path / "plane.h5"), X, Y,
+                                {"train_loss": lambda a, b: 500 + 100 * (a + b) / m}, model="plane"))
+    va, vb = values(basin, "train_loss", False), values(plane_, "train_loss", False)
+    even = lambda lv: np.allclose(np.diff(lv), np.diff(lv)[0])   # noqa: E731
+    assert not even(choose_levels([va], PlotOptions()))              # alone: quantiles
+    pooled = np.concatenate([va.ravel(), vb.ravel()])
+    assert np.median(pooled) > 0.25 * pooled.max()                   # the pooled test alone would say "even"
+    levels = choose_levels([va, vb], PlotOptions())
+    assert not even(levels) and np.sum(levels < 50) >= 4             # the basin keeps its contours
+    fig = plot_compare([basin, plane_], "contour", PlotOptions())
+    np.testing.assert_allclose(fig.axes[0].collections[0].levels, levels)
+    assert even(choose_levels([va, vb], PlotOptions(vmin=0, vmax=700)))              # bounds given: even levels
+
+
 @pytest.mark.parametrize("kind", ["heatmap", "contourf"])
 def test_comparison_panels_share_one_colour_scale(tmp_path, kind):
     a = load(write_surface(str(tmp_path / "a.h5"), X, Y, {"train_loss": paraboloid}, model="sharp"))

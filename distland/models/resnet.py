@@ -149,8 +149,8 @@ def _authors_spelling(name: str) -> str:
     return f"{head}_{tail}" if tail else head
 
 
-def _register_cifar(name: str, depth: int, width: int, shortcut: bool) -> None:
-    @register(name, aliases=[_authors_spelling(name)], authors=True)
+def _register_cifar(name: str, depth: int, width: int, shortcut: bool, authors: bool = True) -> None:
+    @register(name, aliases=[_authors_spelling(name)], authors=authors)
     def factory(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
         return CifarResNet(depth, width, shortcut, num_classes, in_channels)
 
@@ -181,6 +181,9 @@ for _depth in (20, 56, 110):
     _register_cifar(f"resnet{_depth}_noshort", _depth, 1, False)
 for _depth in (32, 44):
     _register_cifar(f"resnet{_depth}_noshort", _depth, 1, False)
+    # The authors' code has no ResNet-32/44 with skips; the same factory gives the partner of each no-skip net
+    # (configs/small compares them), but they are not marked as the authors' layout.
+    _register_cifar(f"resnet{_depth}", _depth, 1, True, authors=False)
 _register_cifar("resnet50_16_noshort", 50, 1, False)   # the authors' CIFAR depth-50 (6·8+2), not ResNet-50
 for _k in (2, 4, 8):
     _register_cifar(f"wrn56_{_k}", 56, _k, True)

@@ -238,6 +238,10 @@ def choose_levels(arrays: Sequence[np.ndarray], opts: PlotOptions, where: str = 
     Evenly spaced round numbers, except for a typical loss landscape (a flat basin inside steep walls, most values
     near the bottom of the range) when no bounds are given: then the levels follow the quantiles of the finite
     values, so the basin gets as many contours as the walls instead of one. The ends are always ``value_range``.
+
+    The test is made on the pooled values and on each array alone, as a single-file plot of it makes it: a
+    comparison uses quantile levels whenever one of its files gets them on its own, so a basin drawn with
+    contours alone is never left blank beside a partner whose values dominate the pooled median.
     """
     lo, hi = value_range(arrays, opts, where)
     if opts.vlevel is not None:
@@ -247,7 +251,9 @@ def choose_levels(arrays: Sequence[np.ndarray], opts: PlotOptions, where: str = 
         raise PlotError(f"--levels must be at least 2, got {n}")
     inside = _finite(arrays)
     inside = inside[(inside >= lo) & (inside <= hi)]
-    if opts.vmin is None and opts.vmax is None and inside.size and np.median(inside) - lo < SKEWED * (hi - lo):
+    pooled = bool(inside.size) and float(np.median(inside)) - lo < SKEWED * (hi - lo)
+    if opts.vmin is None and opts.vmax is None and inside.size and (
+            pooled or any(_skewed(a, opts, where) for a in arrays)):
         interior = [float(f"{q:.2g}") for q in np.quantile(inside, np.linspace(0, 1, n))[1:-1]]
         levels = np.unique([lo, *(q for q in interior if lo < q < hi), hi])
         if len(levels) >= max(3, n // 2):
@@ -265,6 +271,16 @@ def step_levels(lo: float, hi: float, step: float) -> np.ndarray:
                         "use a larger step")
     levels = lo + step * np.arange(int(math.floor((hi - lo) / step + 1e-9)) + 1)
     return levels if levels[-1] >= hi - 1e-9 * max(1.0, abs(hi)) else np.append(levels, hi)
+
+
+def _skewed(array: np.ndarray, opts: PlotOptions, where: str) -> bool:
+    """Whether one array, plotted alone, is a flat basin inside steep walls (median in the bottom quarter)."""
+    finite = _finite([array])
+    if finite.size == 0:
+        return False                        # a file with nothing finite yet has no basin to resolve
+    lo, hi = value_range([array], opts, where)
+    inside = finite[(finite >= lo) & (finite <= hi)]
+    return bool(inside.size) and float(np.median(inside)) - lo < SKEWED * (hi - lo)
 
 
 def level_note(arrays: Sequence[np.ndarray], levels: np.ndarray, opts: PlotOptions, kind: str) -> str:
