@@ -120,6 +120,12 @@ def load_data(cfg: Config) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
     return load_splits(cfg.data, cfg.splits, class_targets=":" not in cfg.loss, allow=cfg.plugins)
 
 
+def geometric_keys(cfg: Config, reference: Mapping[str, torch.Tensor]) -> List[str]:
+    """The tensors a job moves geometrically: BatchNorm running variances on the lines and planes between models
+    (interp, plane), never to zero or below (see :func:`distland.directions.variance_keys`)."""
+    return dirs.variance_keys(reference) if cfg.directions.kind in ("interp", "plane") else []
+
+
 def data_digest(splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]) -> str:
     """A content hash of the evaluation data (all targets, a strided sample of inputs): resuming onto other data
     is refused even when the path is the same."""
@@ -199,7 +205,7 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None,
     }
     if cfg.grid.extra_axes():   # only K-D jobs name more axes, so 1-D and 2-D files made before still resume
         identity["grid"]["more"] = [list(map(float, a)) for a in cfg.grid.extra_axes()]
-    if cfg.directions.kind in ("interp", "plane") and dirs.variance_keys(reference):
+    if geometric_keys(cfg, reference):
         # Files from before running variances were interpolated geometrically must not be resumed.
         identity["directions"]["bn_variance"] = "geometric"
     if cfg.engine.precision != "fp32":
@@ -213,8 +219,8 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None,
     mode = check_existing(cfg.output, spec, overwrite)
     if mode == "create":
         made = dirs.build(reference, cfg.directions.kind, cfg.directions.norm, cfg.directions.ignore,
-                             cfg.directions.seed, grid.ndim, cfg.directions.same_dir, cfg.directions.file, target,
-                             target2, cfg.directions.ynorm, cfg.directions.yignore)
+                          cfg.directions.seed, grid.ndim, cfg.directions.same_dir, cfg.directions.file, target,
+                          target2, cfg.directions.ynorm, cfg.directions.yignore)
         spec.directions = [dirs.to_numpy(d) for d in made]
         pending = {q.name: grid.size for q in spec.quantities}
         # An existing file (--overwrite) is replaced only when the new one is complete (see SurfaceWriter.open).
@@ -313,8 +319,7 @@ def _sweep(cfg: Config, plan: Plan, comm: Comm, verbose: bool, built: Dict[str, 
     reference = dirs.reference_weights(model, cfg.directions.resolved_type())
     directions = [dirs.from_numpy(d) for d in plan.spec.directions]
     eng = dataclasses.replace(eng, ranks_on_device=engines.count_ranks_on_device(eng, comm))
-    # Interpolation moves BatchNorm running variances geometrically (never to zero or below).
-    log_keys = dirs.variance_keys(reference) if cfg.directions.kind in ("interp", "plane") else []
+    log_keys = geometric_keys(cfg, reference)
     # Every rank starts the evaluator of each quantity that still has points to compute.
     todo = [q for q in quants.build(cfg.quantities, cfg) if plan.pending[q.name]]
     evaluators = [q.start(quants.Context(model, reference, directions, splits, eng, comm.size > 1 and comm.is_root,
