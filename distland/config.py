@@ -78,13 +78,18 @@ class DirectionsConfig:
     ynorm: str = ""                 # the y axis's norm when random ("" = norm); the authors' --ynorm
     yignore: str = ""               # the y axis's ignore when random ("" = ignore); the authors' --yignore
 
+    @property
+    def between_models(self) -> bool:
+        """An interpolation or a plane: the axes run from θ* to other trained models (``target``, ``target2``)."""
+        return self.kind in ("interp", "plane")
+
     def resolved_type(self) -> str:
         """``type`` with ``auto`` resolved: an interpolation or a plane must carry BatchNorm's running statistics
         along, or x = 1 is θ′'s weights with θ*'s statistics, not θ′; random and file directions move parameters
         only."""
         if self.type != "auto":
             return self.type
-        return "states" if self.kind in ("interp", "plane") else "weights"
+        return "states" if self.between_models else "weights"
 
     def axis(self, index: int) -> Tuple[str, str]:
         """(norm, ignore) of axis ``index`` (0 = x, 1 = y): the y axis may override both."""

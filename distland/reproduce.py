@@ -94,7 +94,7 @@ def _train_missing(cfg: Any, known: Dict[str, Path]) -> None:
     from .config import load
     from .train import TrainConfig, train
 
-    needed = ([cfg.checkpoint] + ([cfg.directions.target] if cfg.directions.kind in ("interp", "plane") else [])
+    needed = ([cfg.checkpoint] + ([cfg.directions.target] if cfg.directions.between_models else [])
               + ([cfg.directions.target2] if cfg.directions.kind == "plane" else []))
     for ckpt in needed:
         if not ckpt or Path(ckpt).exists():

@@ -123,7 +123,7 @@ def load_data(cfg: Config) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
 def geometric_keys(cfg: Config, reference: Mapping[str, torch.Tensor]) -> List[str]:
     """The tensors a job moves geometrically: BatchNorm running variances on the lines and planes between models
     (interp, plane), never to zero or below (see :func:`distland.directions.variance_keys`)."""
-    return dirs.variance_keys(reference) if cfg.directions.kind in ("interp", "plane") else []
+    return dirs.variance_keys(reference) if cfg.directions.between_models else []
 
 
 def data_digest(splits: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]) -> str:
@@ -179,7 +179,7 @@ def prepare(cfg: Config, overwrite: bool, keep: Optional[Dict[str, Any]] = None,
         target = dirs.reference_weights(target_model, cfg.directions.resolved_type())
         dirs.check_compatible(target, reference, "the interpolation target model")
         target_digest = state_digest(target_model)
-    elif cfg.directions.kind in ("interp", "plane"):
+    elif cfg.directions.between_models:
         target, target_digest = _load_target(cfg, "target")
     target2 = None
     target2_digest = ""

@@ -22,9 +22,8 @@ import numpy as np
 import torch
 
 from . import krylov
-from .operator import HessianError, HessianOperator, make_batches
+from .operator import HessianError, HessianOperator, default_batch, make_batches
 
-CPU_BATCH, GPU_BATCH = 128, 512
 
 
 def output_path(cfg: Any) -> str:
@@ -113,8 +112,7 @@ def _build(cfg: Any, comm: Any) -> Tuple[HessianOperator, torch.nn.Module, str]:
         x, y = x[:cfg.hessian.samples], y[:cfg.hessian.samples]
     eng = engines.choose(cfg.engine, comm.local_rank, comm.local_size, 0, x.dim())
     engines.apply_process_settings(eng)
-    on_gpu = eng.device.startswith("cuda")
-    batch = cfg.hessian.batch_size or cfg.data.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
+    batch = cfg.hessian.batch_size or cfg.data.batch_size or default_batch(eng.device)
     model = model.to(eng.device)
     if eng.channels_last and x.dim() == 4:
         model = model.to(memory_format=torch.channels_last)

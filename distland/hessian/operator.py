@@ -207,6 +207,13 @@ def free_memory_budget(device: torch.device) -> int:
     return DEFAULT_CACHE_BYTES
 
 
+CPU_BATCH, GPU_BATCH = 128, 512   # samples per double backward when neither hessian.batch_size nor data.batch_size
+
+
+def default_batch(device: str) -> int:
+    return GPU_BATCH if device.startswith("cuda") else CPU_BATCH
+
+
 def make_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: Union[str, torch.device] = "cpu",
                  channels_last: bool = False) -> List[Batch]:
     """Cut ``(x, y)`` into batches on ``device`` (moved once)."""

@@ -23,8 +23,6 @@ import numpy as np
 from ..surfacefile import Dataset, QuantityLayout
 from . import Context, PointEvaluator, Poll, Quantity
 
-DATASETS = ("max_eig", "min_eig", "hessian_hvps", "hessian_converged")
-CPU_BATCH, GPU_BATCH = 128, 512     # as ``distland hessian`` when neither hessian.batch_size nor data.batch_size
 
 
 class HessianQuantity(Quantity):
@@ -61,7 +59,7 @@ class HessianEvaluator(PointEvaluator):
     def __init__(self, q: HessianQuantity, ctx: Context) -> None:
         from ..evaluate import SurfaceEvaluator
         from ..hessian import krylov
-        from ..hessian.operator import HessianError, HessianOperator, make_batches, select_parameters
+        from ..hessian.operator import HessianError, HessianOperator, default_batch, make_batches, select_parameters
 
         if not ctx.splits:
             raise HessianError("the Hessian map needs a data split; the job loads none")
@@ -73,7 +71,7 @@ class HessianEvaluator(PointEvaluator):
         x, y = next(iter(ctx.splits.values()))
         if q.samples:
             x, y = x[:q.samples], y[:q.samples]
-        batch = q.batch_size or (GPU_BATCH if eng.device.startswith("cuda") else CPU_BATCH)
+        batch = q.batch_size or default_batch(eng.device)
         self.op = HessianOperator(self.mover.model, make_batches(x, y, batch, eng.device, eng.channels_last),
                                   q.loss, q.params, q.cache, allow=q.plugins)
         self.q = q
