@@ -79,11 +79,7 @@ def check_model_on_data(model: torch.nn.Module, splits: Mapping[str, Tuple[torch
                 if not isinstance(out, torch.Tensor) or not bool(torch.isfinite(out).all()):
                     raise ValueError(f"the model's output at θ* is NaN/inf on the {name} data: the surface would be "
                                      "all NaN. Check the checkpoint (a diverged run?) and the data (NaN/inf inputs?)")
-                losses = criterion.losses(out.double(), yb)
-                if losses.shape != (xb.shape[0],):
-                    raise ValueError(f"loss {criterion.name!r} returned shape {tuple(losses.shape)} for a batch of "
-                                     f"{xb.shape[0]}; it must return one loss per sample (reduction='none')")
-                total += float(losses.sum())
+                total += float(criterion.per_sample(out.double(), yb).sum())
             if not np.isfinite(total):
                 raise ValueError(f"the loss at θ* is NaN/inf on the {name} data: the surface would be all NaN. "
                                  "Check the checkpoint and the data")

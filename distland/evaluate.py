@@ -59,11 +59,7 @@ def eval_batches(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.T
                                                 enabled=autocast is not None):
         for x, y in batches:
             out = model(x).float()
-            losses = criterion.losses(out, y)
-            if losses.shape != (out.shape[0],):   # a plug-in that reduced the batch would be silently wrong
-                raise ValueError(f"loss {criterion.name!r} returned shape {tuple(losses.shape)} for a batch of "
-                                 f"{out.shape[0]}; it must return one loss per sample (reduction='none')")
-            total += losses.double().sum()
+            total += criterion.per_sample(out, y).double().sum()
             if criterion.correct is not None:
                 correct += criterion.correct(out, y).sum()
             if poll is not None:

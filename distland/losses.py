@@ -29,9 +29,17 @@ class Criterion:
     correct: Optional[PerSample]
     class_targets: bool      # targets are class indices into the output's last dimension
 
+    def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each sample's loss, checked: a plug-in that reduced the batch would otherwise be silently wrong."""
+        values = self.losses(outputs, targets)
+        if values.shape != (outputs.shape[0],):
+            raise ValueError(f"loss {self.name!r} returned shape {tuple(values.shape)} for a batch of "
+                             f"{outputs.shape[0]}; it must return one loss per sample (reduction='none')")
+        return values
+
     def mean(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The mean loss of a batch (what training and Hessian-vector products differentiate)."""
-        return self.losses(outputs, targets).mean()
+        return self.per_sample(outputs, targets).mean()
 
 
 def _ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

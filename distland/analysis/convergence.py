@@ -64,7 +64,7 @@ def measure(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch
     for s in range(0, n, max(1, batch_size)):
         x, y = inputs[s:s + batch_size].to(device), targets[s:s + batch_size].to(device)
         out = net(x)
-        batch_loss = criterion.losses(out.float(), y).sum()
+        batch_loss = criterion.per_sample(out.float(), y).sum()
         (batch_loss / n).backward()      # gradients accumulate into the gradient of the mean loss
         total += float(batch_loss.detach().double())
         if criterion.correct is not None:

@@ -51,7 +51,7 @@ def summed_loss(loss: Union[str, Criterion, LossFn], allow: Sequence[str] = ()) 
             criterion = resolve(loss, allow)
         except ValueError as e:
             raise HessianError(str(e)) from None
-    return lambda outputs, targets: criterion.losses(outputs, targets).sum()
+    return lambda outputs, targets: criterion.per_sample(outputs, targets).sum()
 
 
 def select_parameters(model: nn.Module, which: str = "ndim2") -> List[Tuple[str, nn.Parameter]]:
