@@ -6,7 +6,9 @@ subset of the parameters (default: tensors with ≥ 2 dims, as the paper authors
 flat float tensor on the model's device: no numpy round trips, no per-product re-creation of vectors.
 
 A product is a double backward (Pearlmutter): per batch, g_b = ∂L_b/∂θ with ``create_graph=True``, then
-∂⟨g_b, v⟩/∂θ, accumulated over the batches. Two strategies, both exact (same sums, same order):
+∂⟨g_b, v⟩/∂θ, accumulated over the batches, through :func:`.rewrite.for_products` of the model (convolutions with
+native-kernel double backward, eval-mode BatchNorm folded inside the graph; the same function of the same
+parameters). Two strategies, both exact (same sums, same order):
 
 - ``recompute``: the forward pass and first backward are redone per product (memory: one batch's graph);
 - ``cached``: the first-order graph of every batch is built once and kept (``retain_graph``), so each further
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from ..losses import Criterion, resolve
+from .rewrite import for_products
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 # A loss maps (model outputs, targets) of one batch to the *sum* of the per-sample losses (a scalar): the operator
@@ -75,7 +78,8 @@ class HessianOperator:
     """
 
     def __init__(self, model: nn.Module, batches: Iterable[Batch], loss: Union[str, Criterion, LossFn] = "cross_entropy",
-                 params: str = "ndim2", cache: str = "auto", cache_bytes: int = 0, allow: Sequence[str] = ()) -> None:
+                 params: str = "ndim2", cache: str = "auto", cache_bytes: int = 0, allow: Sequence[str] = (),
+                 fast: bool = True) -> None:
         if cache not in CACHE_MODES:
             raise HessianError(f"cache {cache!r} is not valid; choose auto, on or off")
         self.model = model.eval()
@@ -93,6 +97,9 @@ class HessianOperator:
         if self.n == 0:
             raise HessianError("the Hessian needs at least one sample; the data subset is empty "
                                "(check data.max_samples, hessian.samples and the data set)")
+        # The products differentiate a rewrite of the model with the same parameters (rewrite.py); ``fast=False``
+        # differentiates the model itself (PyTorch's own double backward), for comparison.
+        self.net = for_products(self.model, self.batches[0][0][:8]) if fast else self.model
         self.products = 0
         self.cache_mode, self.cache_bytes = cache, cache_bytes or free_memory_budget(self.device)
         self._graphs: Optional[List[Tuple[torch.Tensor, ...]]] = None
@@ -116,7 +123,7 @@ class HessianOperator:
 
     # ------------------------------------------------------------------------------------------ products
     def _first_order(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        loss = self.loss(self.model(x), y) / self.n
+        loss = self.loss(self.net(x), y) / self.n
         if not loss.requires_grad:
             raise HessianError("the loss does not depend on the chosen parameters (is the model differentiable, "
                                "and does its output use them?)")
@@ -174,7 +181,7 @@ class HessianOperator:
         """∇L as a flat vector (first order only; for tests and diagnostics)."""
         acc = [torch.zeros_like(p) for p in self.params]
         for x, y in self.batches:
-            loss = self.loss(self.model(x), y) / self.n
+            loss = self.loss(self.net(x), y) / self.n
             for a, g in zip(acc, torch.autograd.grad(loss, self.params, allow_unused=True)):
                 if g is not None:
                     a.add_(g)
