@@ -3,7 +3,9 @@
 One run, interleaved rounds (every variant once per round, medians reported), on ResNet-20 and CIFAR-shaped
 synthetic images (random labels, non-trivial BatchNorm statistics), eval mode:
 
-1. one HVP (distland, ≥ 2-dim weights, graphs cached) vs one distland forward point (the surface engine);
+1. one HVP (distland, ≥ 2-dim weights, graphs cached) vs one distland forward point (the surface engine); also
+   timed: the same product recomputing the first-order graph (``cache: off``) and through PyTorch's own double
+   backward of the unrewritten model (``fast=False``), which is what the fast path (rewrite.py) replaces;
 2. one HVP vs PyHessian's (``pip install pyhessian``; bench-only, not a dependency: its product reuses one
    full-batch first-order graph, over all parameters — so distland is timed over all parameters for that ratio)
    and vs the paper authors' strategy (their ``hess_vec_prod`` as they describe it: numpy vector → new tensors per
@@ -77,6 +79,42 @@ def authors_extremes(hvp: AuthorsHVP, tol: float) -> Dict[str, float]:
     return {"lmax": lmax, "lmin": lmin, "hvps": hvp.products - start}
 
 
+def kernel_floor(model: torch.nn.Module, x: torch.Tensor, reps: int = 5) -> Dict[str, float]:
+    """The convolution kernels an exact product cannot avoid, timed on the model's own conv shapes (one batch).
+
+    Per convolution a product needs two forward convolutions, two backward-data and two weight-gradient kernels
+    (the first layer, whose input needs no gradient: one forward and one weight-gradient); a forward pass needs
+    one forward convolution. Returns the summed seconds of each and their ratio, the floor of HVP / forward."""
+    seen: List[tuple] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0].detach(), o.detach())))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    aten = torch.ops.aten
+
+    def best(f: Callable[[], object]) -> float:
+        f()
+        out = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            f()
+            out.append(time.perf_counter() - t0)
+        return min(out)
+
+    fwd = hvp = 0.0
+    for k, (m, xi, yo) in enumerate(seen):
+        geo = (list(m.stride), list(m.padding), list(m.dilation), False, [0, 0], m.groups)
+        w = m.weight.detach()
+        t_f = best(lambda: aten.convolution(xi, w, None, *geo))
+        t_d = best(lambda: aten.convolution_backward(yo, xi, w, None, *geo, [True, False, False]))
+        t_w = best(lambda: aten.convolution_backward(yo, xi, w, None, *geo, [False, True, False]))
+        fwd += t_f
+        hvp += (t_f + t_w) if k == 0 else 2 * (t_f + t_d + t_w)
+    return {"forward": fwd, "hvp": hvp, "ratio": hvp / fwd}
+
+
 def timed(rounds: int, variants: Dict[str, Callable[[], object]]) -> Dict[str, List[float]]:
     out: Dict[str, List[float]] = {k: [] for k in variants}
     for r in range(rounds):
@@ -126,12 +164,19 @@ def main() -> None:
     ours = HessianOperator(cl, make_batches(x, y, 128, channels_last=True), params="ndim2", cache="auto")
     ours_all = HessianOperator(clone().to(memory_format=torch.channels_last),
                                make_batches(x, y, 128, channels_last=True), params="all", cache="auto")
+    plain = HessianOperator(clone().to(memory_format=torch.channels_last),
+                            make_batches(x, y, 128, channels_last=True), params="ndim2", cache="auto", fast=False)
+    recompute = HessianOperator(clone().to(memory_format=torch.channels_last),
+                                make_batches(x, y, 128, channels_last=True), params="ndim2", cache="off")
     v = torch.randn(ours.dim)
     v_all = torch.randn(ours_all.dim)
     t0 = time.perf_counter()
     ours.matvec(v)
     first = time.perf_counter() - t0
     ours_all.matvec(v_all)
+    plain.matvec(v)
+    print(f"fast path in use: {ours.net is not ours.model}; products agree with PyTorch's double backward to "
+          f"{float((ours.matvec(v) - plain.matvec(v)).norm() / plain.matvec(v).norm()):.1e} (float32)")
     print(f"distland HVP: {ours.dim} weights, graphs cached: {ours._cache_ok}; first product (builds the graphs) "
           f"{first:.2f} s")
     authors = AuthorsHVP(clone(), x, y)
@@ -140,6 +185,8 @@ def main() -> None:
         "distland forward point": lambda: ev.evaluate((0.1, -0.1)),
         "distland HVP (ndim2)": lambda: ours.matvec(v),
         "distland HVP (all params)": lambda: ours_all.matvec(v_all),
+        "distland HVP (recompute)": lambda: recompute.matvec(v),
+        "PyTorch double bwd (cached)": lambda: plain.matvec(v),
         "authors' HVP (ndim2)": lambda: authors(v_np),
     }
     try:
@@ -157,15 +204,24 @@ def main() -> None:
         print(f"  {k:<28} median {med[k]:8.3f} s   ({', '.join(f'{s:.3f}' for s in t)})")
     fwd, hvp = med["distland forward point"], med["distland HVP (ndim2)"]
     print(f"HVP / forward point: {hvp / fwd:.2f}x (target <= 5x)")
+    print(f"fast path: {med['PyTorch double bwd (cached)'] / hvp:.2f}x faster than PyTorch's double backward; "
+          f"cached graphs {med['distland HVP (recompute)'] / hvp:.2f}x faster than recomputing them")
     authors_s = med["authors' HVP (ndim2)"]
     print(f"authors' HVP / distland HVP: {authors_s / hvp:.2f}x faster "
           "(target >= 3x)")
     if "PyHessian HVP (all params)" in med:
         print(f"PyHessian HVP / distland HVP (all params): "
               f"{med['PyHessian HVP (all params)'] / med['distland HVP (all params)']:.2f}x faster (target >= 3x)")
+    floor = kernel_floor(cl, make_batches(x, y, 128, channels_last=True)[0][0])
+    print(f"kernel floor (this machine's conv kernels on ResNet's shapes, one batch of 128): a product needs "
+          f"{floor['hvp'] * 1e3:.0f} ms of convolution kernels, a forward pass {floor['forward'] * 1e3:.0f} ms: "
+          f"an exact HVP cannot be under {floor['ratio']:.2f}x a forward pass here; distland's is at "
+          f"{hvp / fwd / floor['ratio']:.2f}x that floor")
     if args.skip_eigs:
         return
     ours_all.release()
+    plain.release()
+    recompute.release()
     variants.clear()   # drops PyHessian's graph
     t0 = time.perf_counter()
     ext = extreme_eigenvalues(ours, ours.dim, tol=args.tol, max_iter=200, seed=0, like=ours.params[0])

@@ -132,6 +132,22 @@ class DataDependent(nn.Module):
         return self.head(h.mean((2, 3)))
 
 
+def test_convs_and_batchnorms_with_hooks_keep_running_as_modules():
+    # weight_norm's pre-hook recomputes conv.weight from weight_g and weight_v at every call: the rewrite must not
+    # read a stale weight (the derivatives would go to the wrong tensors).
+    model = mixed()
+    model.a = nn.utils.weight_norm(model.a)
+    model.bn_b.register_forward_hook(lambda m, i, o: None)
+    net = R.rewrite(model)
+    called = {str(n.target) for n in net.graph.nodes if n.op == "call_module"}
+    assert {"a", "bn_a", "bn_b"} <= called and "b" not in called
+    x, y = images()
+    fast = HessianOperator(model, make_batches(x, y, 3), params="all")
+    plain = HessianOperator(model, make_batches(x, y, 3), params="all", fast=False)
+    v = torch.randn(fast.dim, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    torch.testing.assert_close(fast.matvec(v), plain.matvec(v), rtol=1e-9, atol=1e-12)
+
+
 def test_untraceable_models_and_disagreeing_rewrites_run_as_they_are(monkeypatch):
     model = DataDependent().double().eval()
     x, _ = images()

@@ -1,6 +1,8 @@
 """Second-order quantities: Hessian-vector products of the mean loss and Krylov estimates of its spectrum.
 
 - :mod:`.operator` — :class:`HessianOperator` (``H v`` over a data subset, eval mode, chosen parameters);
+- :mod:`.rewrite` — the model as the products differentiate it: convolutions whose derivatives of every order are
+  single native kernels, eval-mode BatchNorm folded inside the graph (same function, same parameters);
 - :mod:`.krylov` — Lanczos λmax/λmin from one run, top-k eigenpairs, Hutchinson trace, SLQ density;
 - :mod:`.job` — ``distland hessian CONFIG`` (imported by the CLI only).
 

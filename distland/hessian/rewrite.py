@@ -113,6 +113,11 @@ def conv_bn(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], gamma: 
     return _Conv.apply(x, folded, shift, (tuple(stride), tuple(padding), tuple(dilation), groups))
 
 
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_pre_hooks or m._forward_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
+
+
 def rewrite(model: nn.Module) -> Optional[torch.fx.GraphModule]:
     """A graph module computing ``model`` with :func:`conv` / :func:`conv_bn` in place of its convolutions and their
     eval-mode BatchNorms, sharing the model's parameters and buffers; None when torch.fx cannot trace it or there is
@@ -126,12 +131,15 @@ def rewrite(model: nn.Module) -> Optional[torch.fx.GraphModule]:
     changed = False
     for node in list(graph.nodes):
         m = mods.get(node.target) if node.op == "call_module" else None
-        # Exact module types only: a subclass may change forward(); string or non-zero padding modes stay as they are.
+        # Exact module types only (a subclass or a parametrization may change forward()); string or non-zero
+        # padding modes, and modules with hooks (e.g. weight_norm's pre-hook computes the weight), stay as they are.
         if type(m) not in CONVS or m.padding_mode != "zeros" or isinstance(m.padding, str) \
-                or len(node.args) != 1 or node.kwargs:
+                or len(node.args) != 1 or node.kwargs or _hooked(m) or not isinstance(m.weight, nn.Parameter):
             continue
         geometry = (list(m.stride), list(m.padding), list(m.dilation), m.groups)
         bn_name = bn_after.get(str(node.target))
+        if bn_name is not None and _hooked(mods[bn_name]):
+            bn_name = None   # the BN keeps running as a module; its conv still goes fast
         with graph.inserting_before(node):
             w = graph.get_attr(f"{node.target}.weight")
             b = graph.get_attr(f"{node.target}.bias") if m.bias is not None else None

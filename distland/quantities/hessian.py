@@ -9,9 +9,11 @@ counts the Hessian-vector products each point took and ``hessian_converged`` say
 within ``hessian.max_iter`` products. Every point starts Lanczos from the same seeded vector, so a map does not
 depend on how many ranks computed it, nor on resumes. A point where a product is not finite stores NaN, done.
 
-The weights are moved on the rank's own copy of the model: unfolded and uncompiled (folding BatchNorm into the
-convs changes which tensors the Hessian is taken over), in float32, with the loss evaluator's point-setting logic
-(:class:`~distland.evaluate.SurfaceEvaluator`, so interpolated BN variances move geometrically as for the loss).
+The weights are moved on the rank's own copy of the model: uncompiled, in float32, with the loss evaluator's
+point-setting logic (:class:`~distland.evaluate.SurfaceEvaluator`, so interpolated BN variances move geometrically as
+for the loss). It is not the loss engine's folded model (folding there bakes the BN scale into new weights, which
+would change the tensors the Hessian is taken over); the products fold BatchNorm themselves, inside the graph, as a
+function of the model's own tensors (:mod:`distland.hessian.rewrite`).
 """
 from __future__ import annotations
 
@@ -65,7 +67,8 @@ class HessianEvaluator(PointEvaluator):
             raise HessianError("the Hessian map needs a data split; the job loads none")
         select_parameters(ctx.model, q.params)   # no such parameters: one clear line, before the file is opened
         # The loss evaluator's point-setting (log-space variances included) on a plain copy: no folding, no
-        # compilation, float32, so the Hessian is taken over the model's own tensors.
+        # compilation, float32, so the Hessian is taken over the model's own tensors (the operator's fast path
+        # folds BatchNorm inside its graph instead).
         eng = dataclasses.replace(ctx.engine, fold_bn=False, compile="off", precision="fp32", stream_data="off")
         self.mover = SurfaceEvaluator(ctx.model, ctx.reference, ctx.directions, {}, eng, log_keys=ctx.log_keys)
         x, y = next(iter(ctx.splits.values()))
