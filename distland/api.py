@@ -330,10 +330,11 @@ def interpolate(model_a: Union["nn.Module", str], model_b: Union["nn.Module", st
 def trajectory(checkpoints: Union[str, os.PathLike], final: Union[str, os.PathLike], *,
                output: Optional[Union[str, os.PathLike]] = None, kind: str = "weights", ignore: str = "biasbn",
                center: bool = False, model: Union["nn.Module", str, None] = None,
-               lr_drops: Sequence[int] = ()) -> "Trajectory":
+               lr_drops: Sequence[int] = (), overwrite: bool = False) -> "Trajectory":
     """PCA directions of a training run (``distland trajectory``): ``checkpoints`` is a directory or a glob of
     per-epoch checkpoints, ``final`` the final one. With ``output`` the direction file is written, for
-    ``surface(..., directions={"kind": "file", "file": output})`` and ``Surface.plot(trajectory=output)``.
+    ``surface(..., directions={"kind": "file", "file": output})`` and ``Surface.plot(trajectory=output)``; an
+    earlier trajectory file there is replaced, any other file only with ``overwrite=True``.
     Returns the :class:`~distland.analysis.trajectory.Trajectory` (directions, ``coords``, ``pca.ratio``)."""
     import torch
 
@@ -349,7 +350,7 @@ def trajectory(checkpoints: Union[str, os.PathLike], final: Union[str, os.PathLi
         raise TypeError(f"model must be a torch.nn.Module or a model name, got {type(model).__name__}")
     result = traj.compute(str(checkpoints), str(final), kind, ignore, center, instance, name, list(lr_drops))
     if output is not None:
-        traj.write(str(output), result)
+        traj.write(str(output), result, overwrite)
     return result
 
 

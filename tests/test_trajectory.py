@@ -95,12 +95,42 @@ def test_cli_writes_a_direction_file(tmp_path, capsys):
         assert f["trajectory/coords"].shape == (8, 2) and f["trajectory/residual"].shape == (8,)
         assert list(f["trajectory/labels"][()]) == list(range(1, 9)) and list(f["trajectory/lr_drops"][()]) == [3, 6]
         assert f["directions/y/net.1.weight"].dtype == np.float32 and not f["directions/y/net.1.bias"][()].any()
-    # The surface side reads it back (skipped while distland.directions is absent).
-    directions = pytest.importorskip("distland.directions")
+    # The surface side reads it back.
+    from distland import directions
+
     ref = directions.reference_weights(model, "weights")
     dx, dy = directions.load_file(out, ref, 2)
     assert set(dx) == set(names) and float(dx["net.1.weight"].norm() ** 2 + dx["net.3.weight"].norm() ** 2) == \
         pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_output_never_clobbers_other_files_and_a_failed_write_keeps_the_old_one(tmp_path, capsys, monkeypatch):
+    final, _, _ = make_run(tmp_path, path_coords(6), noise=1e-4)
+    parser = argparse.ArgumentParser(prog="distland")
+    tr.add_subcommand(parser.add_subparsers())
+
+    def run(out, *extra):
+        args = parser.parse_args(["trajectory", str(tmp_path), "--final", str(final), "--out", str(out), *extra])
+        return args.func(args)
+
+    surface = tmp_path / "surface.h5"          # a finished result must not be replaced by mistake
+    with h5py.File(surface, "w") as f:
+        f["train_loss"] = np.arange(4.0)
+    before = surface.read_bytes()
+    assert run(surface) == 2
+    assert "exists and is not a distland trajectory file" in capsys.readouterr().err
+    assert surface.read_bytes() == before
+    assert run(surface, "--overwrite") == 0 and tr._is_trajectory_file(surface)
+    out = tmp_path / "traj.h5"
+    assert run(out) == 0 and run(out) == 0          # an earlier trajectory output is simply replaced
+    kept = out.read_bytes()
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tr, "_write_file", lambda h5py, path, traj: (path.write_bytes(b"partial"), broken()))
+    assert run(out) == 2 and "disk full" in capsys.readouterr().err
+    assert out.read_bytes() == kept and not list(tmp_path.glob(".traj.h5.*"))   # old file intact, no temp left
 
 
 def test_line_trajectory_has_no_second_variance(tmp_path):

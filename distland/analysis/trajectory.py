@@ -34,13 +34,14 @@ from __future__ import annotations
 import argparse
 import glob
 import math
+import os
 import re
 import sys
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -352,12 +353,43 @@ def _check_like(state: StateDict, ref: StateDict, used: List[str], path: Path) -
                               "leave it out of the glob")
 
 
-def write(path: str, traj: Trajectory) -> None:
-    """Store the directions (the layout ``directions.kind: file`` reads) and the projected path."""
+SOURCE = "distland trajectory"   # the start of every trajectory file's ``source`` attribute
+
+
+def _is_trajectory_file(path: Path) -> bool:
     import h5py
 
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return str(f.attrs.get("source", "")).startswith(SOURCE)
+    except OSError:   # not HDF5, unreadable
+        return False
+
+
+def write(path: str, traj: Trajectory, overwrite: bool = False) -> None:
+    """Store the directions (the layout ``directions.kind: file`` reads) and the projected path.
+
+    Written to a temporary file and renamed into place, so a failure leaves any earlier file as it was. An existing
+    file that is not a trajectory file (a surface, a Hessian file, someone's direction file) is refused unless
+    ``overwrite``; an earlier trajectory output is replaced (it is derived from the checkpoints)."""
+    import h5py
+
+    out = Path(path)
+    if out.exists() and not overwrite and not _is_trajectory_file(out):
+        raise ValueError(f"{out} exists and is not a distland trajectory file; pass --overwrite to replace it, or "
+                         "choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)   # like `distland surface`, create the output's folder
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        _write_file(h5py, tmp, traj)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_file(h5py: Any, path: Path, traj: Trajectory) -> None:
     text = h5py.string_dtype()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)   # like `distland surface`, create the output's folder
     with h5py.File(path, "w") as f:
         f.attrs["direction_type"] = traj.kind
         f.attrs["final_checkpoint"] = traj.final
@@ -370,8 +402,8 @@ def write(path: str, traj: Trajectory) -> None:
         f.attrs["centered"] = traj.center
         f.attrs["ignore"] = traj.ignore
         f.attrs["model"] = traj.model
-        f.attrs["source"] = ("distland trajectory (PCA of checkpoint offsets, Li et al. 2018 §7)" if not traj.projected_on
-                             else f"distland trajectory --dir-file {traj.projected_on} (least-squares projection)")
+        f.attrs["source"] = (f"{SOURCE} (PCA of checkpoint offsets, Li et al. 2018 §7)" if not traj.projected_on
+                             else f"{SOURCE} --dir-file {traj.projected_on} (least-squares projection)")
         f.attrs["projected_on"] = traj.projected_on
         group = f.create_group("directions", track_order=True)
         for axis, tensors in traj.directions.items():
@@ -397,7 +429,9 @@ def add_subcommand(subparsers: "argparse._SubParsersAction") -> argparse.Argumen
     p.add_argument("checkpoints", metavar="CKPT_DIR_OR_GLOB",
                    help="a directory of checkpoints or a quoted glob; ordered by the epoch number in the name")
     p.add_argument("--final", required=True, metavar="CKPT", help="the final weights: the centre of the plot")
-    p.add_argument("--out", default="traj.h5", help="output HDF5 file (default: traj.h5)")
+    p.add_argument("--out", default="traj.h5", help="output HDF5 file (default: traj.h5; an earlier trajectory "
+                   "file there is replaced, any other file only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if it is not a trajectory file")
     p.add_argument("--model", default="", help="zoo name or package.module:function; gives the key order and "
                    "tells parameters from buffers exactly (without it, the final checkpoint's keys are used)")
     p.add_argument("--model-args", default="", metavar="YAML", help="keyword arguments for --model, e.g. '{width: 8}'")
@@ -445,7 +479,7 @@ def run_cli(args: argparse.Namespace) -> int:
         else:
             traj = compute(args.checkpoints, args.final, args.type, args.ignore, args.center, model, args.model,
                            drops, tmpdir=args.tmpdir)
-        write(args.out, traj)
+        write(args.out, traj, args.overwrite)
     except (CheckpointError, ValueError, OSError, yaml.YAMLError) as e:
         print(f"distland trajectory: error: {e}", file=sys.stderr)
         return 2
