@@ -47,6 +47,14 @@ def _backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, g: Geometry, m
                                       mask)
 
 
+def _kernel(ctx: Any, gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, g: Geometry, which: int) -> torch.Tensor:
+    # One output of convolution_backward (0: the input gradient, 1: the weight gradient), saving what the
+    # function's own backward needs.
+    ctx.g = g
+    ctx.save_for_backward(gy, x, w)
+    return _backward(gy, x, w, g, [which == 0, which == 1, False])[which]
+
+
 class _Conv(Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], g: Geometry) -> torch.Tensor:
@@ -66,9 +74,7 @@ class _Conv(Function):
 class _InputGrad(Function):
     @staticmethod
     def forward(ctx: Any, gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
-        ctx.g = g
-        ctx.save_for_backward(gy, x, w)
-        return _backward(gy, x, w, g, [True, False, False])[0]
+        return _kernel(ctx, gy, x, w, g, 0)
 
     @staticmethod
     def backward(ctx: Any, c: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
@@ -81,9 +87,7 @@ class _InputGrad(Function):
 class _WeightGrad(Function):
     @staticmethod
     def forward(ctx: Any, gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor:
-        ctx.g = g
-        ctx.save_for_backward(gy, x, w)
-        return _backward(gy, x, w, g, [False, True, False])[1]
+        return _kernel(ctx, gy, x, w, g, 1)
 
     @staticmethod
     def backward(ctx: Any, c: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
