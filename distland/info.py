@@ -30,8 +30,12 @@ def describe_environment() -> str:
 
 
 def describe_surface(path: str) -> str:
+    """What ``distland info FILE`` prints: a surface file, or a ``distland hessian`` result file."""
+    from .hessian import job as hessian_job
     from .surfacefile import SurfaceError, read
 
+    if hessian_job.is_result_file(path):
+        return "\n".join(hessian_job.summary_lines(path))
     data = read(path)
     n_done, n = int(data.done.sum()), data.done.size
     grid = " × ".join(f"{name} [{a[0]:g}, {a[-1]:g}] ({len(a)})" for name, a in zip(data.names, data.axes))
@@ -100,7 +104,29 @@ def describe_surface(path: str) -> str:
     from .analysis import convergence
 
     lines.extend("  " + line for line in convergence.format_report(convergence.read(data.attrs)).splitlines())
+    lines.extend("  " + line for line in _hessian_at_minimum(path, data))
     return "\n".join(lines)
+
+
+def _hessian_at_minimum(path: str, data: "object") -> List[str]:
+    """The spectrum at θ* from `distland hessian`, when its file (``hessian.output`` or ``<stem>_hessian.h5`` next
+    to the surface) exists and was computed from the surface's checkpoint."""
+    import os
+
+    from .hessian import job as hessian_job
+
+    cfg = data.config if isinstance(data.config, dict) else {}  # type: ignore[attr-defined]
+    named = str((cfg.get("hessian") or {}).get("output") or "")
+    stem, _ = os.path.splitext(path)
+    for candidate in dict.fromkeys(p for p in (named, stem + "_hessian.h5") if p):
+        if not (os.path.isfile(candidate) and hessian_job.is_result_file(candidate)):
+            continue
+        ours = str(data.attrs.get("checkpoint_sha256", ""))  # type: ignore[attr-defined]
+        theirs = str(hessian_job.read(candidate).get("checkpoint_sha256", ""))
+        if ours and theirs and ours != theirs:
+            return [f"note: {candidate} is the Hessian of another checkpoint (SHA-256 differs); not shown"]
+        return hessian_job.summary_lines(candidate)
+    return []
 
 
 def compare_surfaces(paths: List[str], metric: str = "train_loss") -> str:

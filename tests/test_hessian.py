@@ -306,6 +306,25 @@ def test_cli_writes_spectrum_and_direction_file(tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr and again.stderr.count("\n") == 1
 
 
+def test_info_shows_the_spectrum_at_the_minimum_next_to_its_surface(tmp_path):
+    from distland.cli import main
+    from distland.info import describe_surface
+
+    assert _cli(tmp_path, "job").returncode == 0
+    hess = tmp_path / "job_hessian.h5"
+    alone = describe_surface(str(hess))   # `distland info X_hessian.h5`: the result file itself
+    assert "Hessian at θ*" in alone and "top-3 eigenvalues" in alone and "trace" in alone and "±" in alone
+    assert main(["surface", str(tmp_path / "job.yaml"), "--set", "grid.x=[-1,1,3]"]) == 0
+    text = describe_surface(str(tmp_path / "job.h5"))
+    assert "Hessian at θ* (" + str(hess) + ")" in text and "λmax" in text and "trace" in text
+    # A spectrum of another checkpoint is not passed off as this surface's.
+    for path, digest in ((tmp_path / "job.h5", "a" * 64), (hess, "b" * 64)):
+        with h5py.File(path, "a") as f:
+            f.attrs["checkpoint_sha256"] = digest
+    text = describe_surface(str(tmp_path / "job.h5"))
+    assert "Hessian of another checkpoint" in text and "trace" not in text.split("another checkpoint")[1]
+
+
 @pytest.mark.mpi
 def test_mpirun_np2_equals_serial(tmp_path):
     serial = _cli(tmp_path, "serial")

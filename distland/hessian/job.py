@@ -257,6 +257,37 @@ def read(path: str) -> Dict[str, Any]:
     return out
 
 
+def is_result_file(path: str) -> bool:
+    """Whether ``path`` is a ``distland hessian`` result (not a surface): it has ``eigenvalues`` and no grid."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return "eigenvalues" in f and "xcoordinates" not in f
+    except OSError:
+        return False
+
+
+def summary_lines(path: str) -> List[str]:
+    """The numbers of a result file as ``distland info`` prints them: top eigenvalues, λmin, trace ± its error."""
+    r = read(path)
+    eig = np.asarray(r["eigenvalues"], dtype=np.float64)
+    lines = [f"Hessian at θ* ({path}): {r.get('samples', '?')} {r.get('split', '')} samples, {r.get('nparams', '?')} "
+             f"parameters ({r.get('params', '?')}), tol {r.get('tol', '?')}",
+             f"  top-{len(eig)} eigenvalues: {', '.join(f'{v:.6g}' for v in eig)}"
+             + ("" if int(r.get("converged", 1)) else "  (NOT converged)"),
+             f"  λmax {eig[0]:.6g}, λmin {float(r.get('lambda_min', float('nan'))):.6g}"]
+    samples = r.get("trace_samples")
+    if samples is not None and len(samples):
+        tr, err = krylov.trace_estimate(samples)
+        lines.append(f"  trace {tr:.6g} ± {err:.2g} (Hutchinson, {len(samples)} probes, standard error)")
+    if "density/nodes" in r:
+        grid = r["density/grid"]
+        lines.append(f"  eigenvalue density: {len(r['density/nodes'])} SLQ probe(s), eigenvalues in "
+                     f"[{grid[0]:.4g}, {grid[-1]:.4g}]")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------ plots
 def plot_result(res: Result) -> List[str]:
     """The density (log scale) and the top eigenvalues, next to the file; returns the paths written."""
