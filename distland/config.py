@@ -144,7 +144,9 @@ class HessianConfig:
     tol: float = 1e-3               # Ritz pairs converge when ‖Hv − λv‖ <= tol·max|λ| (see distland/hessian)
     max_iter: int = 200             # at most this many Hessian-vector products per Lanczos run
     map_tol: float = 1e-2           # quantities: [hessian] maps (λmax/λmin per grid point): the paper authors' tol
-    top_k: int = 5                  # eigenpairs; the top two are written as surface directions
+    top_k: int = 5                  # eigenpairs (descending)
+    axes: List[int] = field(default_factory=lambda: [0, 1])   # which eigenpairs are the file's directions
+                                    # x, y (, z, …): indices into the top-k, 0 = the largest eigenvalue
     trace_probes: int = 50          # Hutchinson probes (0: no trace)
     density_probes: int = 4         # stochastic Lanczos quadrature probes (0: no density)
     lanczos_steps: int = 80         # Lanczos steps per density probe
@@ -166,6 +168,10 @@ class HessianConfig:
         for key in ("tol", "map_tol"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"hessian.{key} must be > 0, got {getattr(self, key)}")
+        if not self.axes or len(set(self.axes)) != len(self.axes) or not all(0 <= i < self.top_k for i in self.axes):
+            raise ConfigError(f"hessian.axes {self.axes} must list distinct eigenpair indices from 0 to "
+                              f"hessian.top_k - 1 = {self.top_k - 1} (0 = the largest eigenvalue); raise hessian.top_k "
+                              "to use later ones")
 
 
 @dataclass

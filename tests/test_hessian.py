@@ -264,6 +264,9 @@ def test_config_keys_are_strict(tmp_path):
         load_config(None, ["hessian.params=bias"])
     with pytest.raises(ConfigError, match="hessian.tol"):
         load_config(None, ["hessian.tol=0"])
+    for bad in ("[0,5]", "[1,1]", "[]", "[-1,0]"):
+        with pytest.raises(ConfigError, match="hessian.axes"):
+            load_config(None, [f"hessian.axes={bad}"])
 
 
 CLI_KEYS = {"model": "democnn", "model_args": {"width": 4}, "data": {"name": "digits", "max_samples": 48},
@@ -301,6 +304,13 @@ def test_cli_writes_spectrum_and_direction_file(tmp_path):
     fy = torch.cat([t.reshape(-1).double() for t in y.values()])
     assert abs(float(fx.norm()) - 1) < 1e-5 and abs(float(fy.norm()) - 1) < 1e-5 and abs(float(fx @ fy)) < 1e-4
     assert all(not t.any() for k, t in x.items() if t.dim() <= 1)
+    # any chosen eigenpairs as the axes: directions/x is eigenvector 2, directions/y eigenvector 0
+    assert _cli(tmp_path, "job", ["--overwrite", "--set", "hessian.axes=[2,0]"]).returncode == 0
+    with h5py.File(out, "r") as f:
+        assert list(f["directions"].attrs["eigenpairs"]) == [2, 0]
+        for axis, i in (("x", 2), ("y", 0)):
+            for k in f[f"eigenvectors/{i}"]:
+                np.testing.assert_array_equal(f[f"directions/{axis}/{k}"][()], f[f"eigenvectors/{i}/{k}"][()])
     # an existing result is never replaced silently
     again = _cli(tmp_path, "job")
     assert again.returncode == 2 and "--overwrite" in again.stderr and again.stderr.count("\n") == 1

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import krylov
+from ..grid import axis_names
 from .operator import HessianError, HessianOperator, default_batch, make_batches
 
 
@@ -218,7 +219,8 @@ def write(res: Result, vectors: List[Dict[str, np.ndarray]], cfg: Any, digest: s
                     g.create_dataset(k, data=a)
             # The direction-file layout (distland.directions.load_file): links, so nothing is stored twice.
             d = f.create_group("directions")
-            for axis, i in (("x", 0), ("y", 1)):
+            d.attrs["eigenpairs"] = np.asarray(h.axes, dtype=np.int64)   # directions/x is eigenvector axes[0], …
+            for axis, i in zip(axis_names(len(h.axes)), h.axes):
                 if i < len(vectors):
                     d[axis] = h5py.SoftLink(f"/eigenvectors/{i}")
             if res.trace_samples.size:
@@ -336,7 +338,7 @@ def add_subcommand(subparsers: "argparse._SubParsersAction") -> argparse.Argumen
         "hessian", help="the Hessian at θ*: top eigenpairs, trace, eigenvalue density",
         description="Compute, at the checkpoint of a surface CONFIG, the top-k Hessian eigenpairs (Lanczos), the "
                     "trace (Hutchinson, with its standard error) and the eigenvalue density (stochastic Lanczos "
-                    "quadrature); write them to an HDF5 file whose top-2 eigenvectors are surface directions. "
+                    "quadrature); write them to an HDF5 file whose eigenvectors hessian.axes (default: the top two) are surface directions. "
                     "Under mpirun the probes are spread over the ranks.")
     p.add_argument("config", help="YAML job config (the surface config; its hessian: section)")
     add_overrides(p, "hessian.top_k=10")
