@@ -338,8 +338,8 @@ def add_subcommand(subparsers: "argparse._SubParsersAction") -> argparse.Argumen
         "hessian", help="the Hessian at θ*: top eigenpairs, trace, eigenvalue density",
         description="Compute, at the checkpoint of a surface CONFIG, the top-k Hessian eigenpairs (Lanczos), the "
                     "trace (Hutchinson, with its standard error) and the eigenvalue density (stochastic Lanczos "
-                    "quadrature); write them to an HDF5 file whose eigenvectors hessian.axes (default: the top two) are surface directions. "
-                    "Under mpirun the probes are spread over the ranks.")
+                    "quadrature); write them to an HDF5 file whose eigenvectors hessian.axes (default: the top "
+                    "two) are surface directions. Under mpirun the probes are spread over the ranks.")
     p.add_argument("config", help="YAML job config (the surface config; its hessian: section)")
     add_overrides(p, "hessian.top_k=10")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
