@@ -17,7 +17,8 @@ derivatives with respect to W, γ and β stay exact and the per-pixel BatchNorm 
 backward) disappear. Parameters keep their objects and names: moving the model's weights moves the rewritten one.
 
 A speed-up, never a risk: a model torch.fx cannot trace, or a rewrite whose outputs differ from the model's, runs
-the model as it is (:func:`for_products` decides).
+the model as it is (:func:`for_products` decides); a convolution or BatchNorm with hooks, of a subclass, or with
+non-zero padding modes stays a module.
 """
 from __future__ import annotations
 
