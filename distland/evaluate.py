@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import feed
-from .engine import Engine
+from .engine import Engine, exact_float32
 from .fold import checked_fold
 from .losses import Criterion, resolve
 
@@ -174,18 +174,11 @@ class SurfaceEvaluator:
         ``max_rel_loss_error`` and ``max_acc_diff`` (percentage points). Empty for ``precision: fp32``."""
         if self.engine.precision == "fp32":
             return {}
-        cuda = self.device.type == "cuda"
         worst_loss, worst_acc = 0.0, 0.0
         for coeffs in points:
             reduced = self.evaluate(coeffs)
-            saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) if cuda else None
-            try:
-                if cuda:
-                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            with exact_float32(self.device):
                 exact = self._metrics(self._eager, None, None)
-            finally:
-                if saved is not None:
-                    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
             for key, value in exact.items():
                 if value is None:
                     continue

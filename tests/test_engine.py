@@ -105,3 +105,24 @@ def test_count_ranks_on_device_warns_once_on_the_root(two_gpus, capsys):
     assert "distland: warning: ranks share GPUs (2 on GPU-1111-aaaa on n1)" in capsys.readouterr().err
     assert engine.count_ranks_on_device(Engine(device="cuda:0"), _FakeComm(2, ids)) == 1
     assert capsys.readouterr().err == ""
+
+
+def test_exact_float32_turns_tf32_off_inside_and_restores_it():
+    # What the Hessian and the precision check rely on in a TF32 job; the flags exist on CPU builds too.
+    import torch
+
+    from distland.engine import exact_float32
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with exact_float32(torch.device("cuda", 0)):
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        with pytest.raises(RuntimeError), exact_float32(torch.device("cuda", 0)):
+            raise RuntimeError("a failing product")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32   # restored on errors
+        with exact_float32(torch.device("cpu")):   # nothing to change on a CPU
+            assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

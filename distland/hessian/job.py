@@ -111,7 +111,9 @@ def _build(cfg: Any, comm: Any) -> Tuple[HessianOperator, torch.nn.Module, str]:
     x, y = load_data(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, split=split)))[split]
     if cfg.hessian.samples:
         x, y = x[:cfg.hessian.samples], y[:cfg.hessian.samples]
-    eng = engines.choose(cfg.engine, comm.local_rank, comm.local_size, 0, x.dim())
+    # float32 whatever engine.precision says for surfaces (apply_process_settings then turns TF32 off on GPUs)
+    eng = dataclasses.replace(engines.choose(cfg.engine, comm.local_rank, comm.local_size, 0, x.dim()),
+                              precision="fp32")
     engines.apply_process_settings(eng)
     batch = cfg.hessian.batch_size or cfg.data.batch_size or default_batch(eng.device)
     model = model.to(eng.device)

@@ -59,6 +59,9 @@ class HessianQuantity(Quantity):
 
 class HessianEvaluator(PointEvaluator):
     def __init__(self, q: HessianQuantity, ctx: Context) -> None:
+        import torch
+
+        from ..engine import exact_float32
         from ..evaluate import SurfaceEvaluator
         from ..hessian import krylov
         from ..hessian.operator import HessianError, HessianOperator, default_batch, make_batches, select_parameters
@@ -75,8 +78,10 @@ class HessianEvaluator(PointEvaluator):
         if q.samples:
             x, y = x[:q.samples], y[:q.samples]
         batch = q.batch_size or default_batch(eng.device)
-        self.op = HessianOperator(self.mover.model, make_batches(x, y, batch, eng.device, eng.channels_last),
-                                  q.loss, q.params, q.cache, allow=q.plugins)
+        self.device = torch.device(eng.device)
+        with exact_float32(self.device):   # the fast path's output check too: a TF32 job's convs would fail it
+            self.op = HessianOperator(self.mover.model, make_batches(x, y, batch, eng.device, eng.channels_last),
+                                      q.loss, q.params, q.cache, allow=q.plugins)
         self.q = q
         self.start_seed = krylov.probe_seed(q.seed, "extremes", 0)   # the same start vector at every point
         self._extremes = krylov.extreme_eigenvalues
@@ -84,6 +89,8 @@ class HessianEvaluator(PointEvaluator):
 
     def evaluate(self, points: Sequence[Tuple[float, ...]], poll: Poll = None) -> Dict[str, np.ndarray]:
         import torch
+
+        from ..engine import exact_float32
 
         op = self.op
 
@@ -93,17 +100,18 @@ class HessianEvaluator(PointEvaluator):
             return op.matvec(v)
 
         rows: List[Tuple[float, float, int, int]] = []
-        for coords in points:
-            self.mover.set_point(coords)
-            op.invalidate()
-            before = op.products
-            try:
-                ext = self._extremes(matvec, op.dim, self.q.tol, self.q.max_iter, self.start_seed,
-                                     like=op.params[0].detach())
-                rows.append((ext.lmax, ext.lmin, ext.hvps, int(ext.converged)))
-            except FloatingPointError:   # the loss or its gradient is not finite here: NaN, done
-                rows.append((float("nan"), float("nan"), op.products - before, 0))
-            self.points += 1
+        with exact_float32(self.device):   # float32 products even in a job whose loss runs in TF32
+            for coords in points:
+                self.mover.set_point(coords)
+                op.invalidate()
+                before = op.products
+                try:
+                    ext = self._extremes(matvec, op.dim, self.q.tol, self.q.max_iter, self.start_seed,
+                                         like=op.params[0].detach())
+                    rows.append((ext.lmax, ext.lmin, ext.hvps, int(ext.converged)))
+                except FloatingPointError:   # the loss or its gradient is not finite here: NaN, done
+                    rows.append((float("nan"), float("nan"), op.products - before, 0))
+                self.points += 1
         op.invalidate()
         return {"max_eig": np.array([r[0] for r in rows], np.float64),
                 "min_eig": np.array([r[1] for r in rows], np.float64),
