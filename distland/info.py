@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 import platform
-from typing import List
+from typing import TYPE_CHECKING, List
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .surfacefile import SurfaceData
 
 
 def describe_environment() -> str:
@@ -108,20 +111,20 @@ def describe_surface(path: str) -> str:
     return "\n".join(lines)
 
 
-def _hessian_at_minimum(path: str, data: "object") -> List[str]:
+def _hessian_at_minimum(path: str, data: "SurfaceData") -> List[str]:
     """The spectrum at θ* from `distland hessian`, when its file (``hessian.output`` or ``<stem>_hessian.h5`` next
     to the surface) exists and was computed from the surface's checkpoint."""
     import os
 
     from .hessian import job as hessian_job
 
-    cfg = data.config if isinstance(data.config, dict) else {}  # type: ignore[attr-defined]
+    cfg = data.config if isinstance(data.config, dict) else {}
     named = str((cfg.get("hessian") or {}).get("output") or "")
     stem, _ = os.path.splitext(path)
     for candidate in dict.fromkeys(p for p in (named, stem + "_hessian.h5") if p):
         if not (os.path.isfile(candidate) and hessian_job.is_result_file(candidate)):
             continue
-        ours = str(data.attrs.get("checkpoint_sha256", ""))  # type: ignore[attr-defined]
+        ours = str(data.attrs.get("checkpoint_sha256", ""))
         theirs = str(hessian_job.read(candidate).get("checkpoint_sha256", ""))
         if ours and theirs and ours != theirs:
             return [f"note: {candidate} is the Hessian of another checkpoint (SHA-256 differs); not shown"]
