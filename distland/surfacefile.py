@@ -311,6 +311,16 @@ def update_copy(path: str, edit: Callable[[Any], None], what: str, grows: int = 
                            "some space and rerun the same command") from None
 
 
+def holds_without_grid(path: str, dataset: str) -> bool:
+    """Whether ``path`` is an HDF5 file with ``dataset`` and no surface grid: how the other files distland writes
+    (a trajectory, a Hessian result) are told from surfaces."""
+    try:
+        with _h5py().File(path, "r", locking=False) as f:
+            return dataset in f and "xcoordinates" not in f
+    except OSError:   # not HDF5, unreadable
+        return False
+
+
 def _h5py_names(path: str) -> List[str]:
     with _h5py().File(path, "r", locking=False) as f:
         return list(f.keys())

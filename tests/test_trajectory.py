@@ -120,7 +120,7 @@ def test_the_output_never_clobbers_other_files_and_a_failed_write_keeps_the_old_
     assert run(surface) == 2
     assert "exists and is not a distland trajectory file" in capsys.readouterr().err
     assert surface.read_bytes() == before
-    assert run(surface, "--overwrite") == 0 and tr._is_trajectory_file(surface)
+    assert run(surface, "--overwrite") == 0 and tr.is_trajectory_file(surface)
     out = tmp_path / "traj.h5"
     assert run(out) == 0 and run(out) == 0          # an earlier trajectory output is simply replaced
     kept = out.read_bytes()

@@ -353,17 +353,11 @@ def _check_like(state: StateDict, ref: StateDict, used: List[str], path: Path) -
                               "leave it out of the glob")
 
 
-SOURCE = "distland trajectory"   # the start of every trajectory file's ``source`` attribute
+def is_trajectory_file(path: Union[str, Path]) -> bool:
+    """A ``distland trajectory`` output (``trajectory/coords``, no surface grid)."""
+    from ..surfacefile import holds_without_grid
 
-
-def _is_trajectory_file(path: Path) -> bool:
-    import h5py
-
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            return str(f.attrs.get("source", "")).startswith(SOURCE)
-    except OSError:   # not HDF5, unreadable
-        return False
+    return holds_without_grid(str(path), "trajectory/coords")
 
 
 def write(path: str, traj: Trajectory, overwrite: bool = False) -> None:
@@ -375,7 +369,7 @@ def write(path: str, traj: Trajectory, overwrite: bool = False) -> None:
     import h5py
 
     out = Path(path)
-    if out.exists() and not overwrite and not _is_trajectory_file(out):
+    if out.exists() and not overwrite and not is_trajectory_file(out):
         raise ValueError(f"{out} exists and is not a distland trajectory file; pass --overwrite to replace it, or "
                          "choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)   # like `distland surface`, create the output's folder
@@ -402,8 +396,8 @@ def _write_file(h5py: Any, path: Path, traj: Trajectory) -> None:
         f.attrs["centered"] = traj.center
         f.attrs["ignore"] = traj.ignore
         f.attrs["model"] = traj.model
-        f.attrs["source"] = (f"{SOURCE} (PCA of checkpoint offsets, Li et al. 2018 §7)" if not traj.projected_on
-                             else f"{SOURCE} --dir-file {traj.projected_on} (least-squares projection)")
+        f.attrs["source"] = ("distland trajectory (PCA of checkpoint offsets, Li et al. 2018 §7)" if not traj.projected_on
+                             else f"distland trajectory --dir-file {traj.projected_on} (least-squares projection)")
         f.attrs["projected_on"] = traj.projected_on
         group = f.create_group("directions", track_order=True)
         for axis, tensors in traj.directions.items():

@@ -263,13 +263,9 @@ def read(path: str) -> Dict[str, Any]:
 
 def is_result_file(path: str) -> bool:
     """Whether ``path`` is a ``distland hessian`` result (not a surface): it has ``eigenvalues`` and no grid."""
-    import h5py
+    from ..surfacefile import holds_without_grid
 
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            return "eigenvalues" in f and "xcoordinates" not in f
-    except OSError:
-        return False
+    return holds_without_grid(path, "eigenvalues")
 
 
 def summary_lines(path: str) -> List[str]:

@@ -136,7 +136,8 @@ def plot_files(paths: Sequence[str], opts: PlotOptions, kinds: Optional[Sequence
     ``on_write`` is called with each path as soon as it is written (big grids take a while per figure).
     """
     from . import export, surface            # matplotlib, plotly and h5py load here, not for `--help`
-    from .trajectory import is_trajectory_file, plot_path, read_trajectory
+    from ..analysis.trajectory import is_trajectory_file   # `distland plot TRAJ.h5` draws it alone
+    from .trajectory import plot_path, read_trajectory
     from distland import slicing
 
     if len(paths) == 1 and os.path.isfile(paths[0]) and is_trajectory_file(paths[0]):

@@ -60,17 +60,6 @@ def read_trajectory(path: str) -> ProjectedPath:
                          None if evr is None else np.asarray(evr, dtype=np.float64), path, centered, projected)
 
 
-def is_trajectory_file(path: str) -> bool:
-    """A ``distland trajectory`` output (``trajectory/coords``, no surface grid): ``distland plot`` draws it alone."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            return "trajectory/coords" in f and "xcoordinates" not in f
-    except OSError:
-        return False
-
-
 def plot_path(traj: ProjectedPath, dpi: int = 150) -> Any:
     """The path alone (no surface): epochs, lr drops, the final weights at the origin, equal axis scales."""
     from matplotlib.figure import Figure
