@@ -65,11 +65,20 @@ def fold_outputs_match(folded: nn.Module, unfolded: nn.Module, inputs: torch.Ten
     return bool(((got - ref).abs().max() <= rtol * max(float(ref.abs().max()), 1.0)))
 
 
+def bn_affine(gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], mean: torch.Tensor, var: torch.Tensor,
+              eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as a per-channel affine map y = x·scale + shift, from its parts (None: not affine);
+    differentiable in them, so the Hessian fast path folds with it too (distland/hessian/rewrite.py)."""
+    root = torch.sqrt(var + eps)
+    scale = 1.0 / root if gamma is None else gamma / root
+    shift = -mean * scale
+    return scale, shift if beta is None else shift + beta
+
+
 def bn_scale_shift(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The per-channel affine map of eval-mode ``bn`` (float64): y = x·scale + shift."""
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(
-        bn.running_var + bn.eps)
-    shift = (bn.bias.detach() if bn.affine else 0.0) - bn.running_mean * scale
+    """The per-channel affine map of eval-mode ``bn``, as constants (float64): y = x·scale + shift."""
+    scale, shift = bn_affine(bn.weight.detach() if bn.affine else None, bn.bias.detach() if bn.affine else None,
+                             bn.running_mean, bn.running_var, bn.eps)
     return scale.double(), shift.double()
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.autograd import Function
 
-from ..fold import find_conv_bn_pairs, fold_outputs_match
+from ..fold import bn_affine, find_conv_bn_pairs, fold_outputs_match
 
 Geometry = Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...], int]   # stride, padding, dilation, groups
 _aten = torch.ops.aten
@@ -108,12 +108,9 @@ def conv_bn(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], gamma: 
             beta: Optional[torch.Tensor], mean: torch.Tensor, var: torch.Tensor, eps: float, stride: Sequence[int],
             padding: Sequence[int], dilation: Sequence[int], groups: int) -> torch.Tensor:
     """``bn(conv(x))`` for an eval-mode BatchNorm, as one convolution with the BN folded into its weights."""
-    s = torch.rsqrt(var + eps)
-    if gamma is not None:
-        s = gamma * s
-    shift = -mean * s if b is None else (b - mean) * s
-    if beta is not None:
-        shift = shift + beta
+    s, shift = bn_affine(gamma, beta, mean, var, eps)
+    if b is not None:
+        shift = shift + b * s
     folded = w * s.view([-1] + [1] * (w.dim() - 1))
     return _Conv.apply(x, folded, shift, (tuple(stride), tuple(padding), tuple(dilation), groups))
 
