@@ -38,7 +38,7 @@ def describe_surface(path: str) -> str:
     from .surfacefile import SurfaceError, read
 
     if hessian_job.is_result_file(path):
-        return "\n".join(hessian_job.summary_lines(path))
+        return hessian_job.Result.from_file(path).text(f"Hessian at θ* ({path}):")
     data = read(path)
     n_done, n = int(data.done.sum()), data.done.size
     grid = " × ".join(f"{name} [{a[0]:g}, {a[-1]:g}] ({len(a)})" for name, a in zip(data.names, data.axes))
@@ -124,11 +124,11 @@ def _hessian_at_minimum(path: str, data: "SurfaceData") -> List[str]:
     for candidate in dict.fromkeys(p for p in (named, stem + "_hessian.h5") if p):
         if not (os.path.isfile(candidate) and hessian_job.is_result_file(candidate)):
             continue
+        res = hessian_job.Result.from_file(candidate)
         ours = str(data.attrs.get("checkpoint_sha256", ""))
-        theirs = str(hessian_job.read(candidate).get("checkpoint_sha256", ""))
-        if ours and theirs and ours != theirs:
+        if ours and res.checkpoint_sha256 and ours != res.checkpoint_sha256:
             return [f"note: {candidate} is the Hessian of another checkpoint (SHA-256 differs); not shown"]
-        return hessian_job.summary_lines(candidate)
+        return res.text(f"Hessian at θ* ({candidate}):").splitlines()
     return []
 
 

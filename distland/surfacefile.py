@@ -311,6 +311,22 @@ def update_copy(path: str, edit: Callable[[Any], None], what: str, grows: int = 
                            "some space and rerun the same command") from None
 
 
+def write_atomically(path: str, fill: Callable[[Any], None]) -> None:
+    """Write a new HDF5 file at ``path`` (its folder created) by ``fill`` (the open h5py file), under a temporary
+    name renamed into place when complete: a failure leaves any earlier file at ``path`` as it was, and no temporary.
+    For the files written whole (trajectories, Hessian results); surfaces are created by :class:`SurfaceWriter`."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with _h5py().File(tmp, "w") as f:
+            fill(f)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def holds_without_grid(path: str, dataset: str) -> bool:
     """Whether ``path`` is an HDF5 file with ``dataset`` and no surface grid: how the other files distland writes
     (a trajectory, a Hessian result) are told from surfaces."""

@@ -128,7 +128,7 @@ def test_the_output_never_clobbers_other_files_and_a_failed_write_keeps_the_old_
     def broken(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(tr, "_write_file", lambda h5py, path, traj: (path.write_bytes(b"partial"), broken()))
+    monkeypatch.setattr(tr, "_fill", lambda f, traj: (f.attrs.__setitem__("partial", 1), broken()))
     assert run(out) == 2 and "disk full" in capsys.readouterr().err
     assert out.read_bytes() == kept and not list(tmp_path.glob(".traj.h5.*"))   # old file intact, no temp left
 

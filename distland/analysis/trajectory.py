@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import glob
 import math
-import os
 import re
 import sys
 import tempfile
@@ -366,51 +365,47 @@ def write(path: str, traj: Trajectory, overwrite: bool = False) -> None:
     Written to a temporary file and renamed into place, so a failure leaves any earlier file as it was. An existing
     file that is not a trajectory file (a surface, a Hessian file, someone's direction file) is refused unless
     ``overwrite``; an earlier trajectory output is replaced (it is derived from the checkpoints)."""
-    import h5py
+    from ..surfacefile import write_atomically
 
     out = Path(path)
     if out.exists() and not overwrite and not is_trajectory_file(out):
         raise ValueError(f"{out} exists and is not a distland trajectory file; pass --overwrite to replace it, or "
                          "choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)   # like `distland surface`, create the output's folder
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        _write_file(h5py, tmp, traj)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # The output's folder is created, like `distland surface`'s.
+    write_atomically(str(out), lambda f: _fill(f, traj))
 
 
-def _write_file(h5py: Any, path: Path, traj: Trajectory) -> None:
+def _fill(f: Any, traj: Trajectory) -> None:
+    """The file's contents, into ``f`` (an open h5py file)."""
+    import h5py
+
     text = h5py.string_dtype()
-    with h5py.File(path, "w") as f:
-        f.attrs["direction_type"] = traj.kind
-        f.attrs["final_checkpoint"] = traj.final
-        names = traj.checkpoints if sum(map(len, traj.checkpoints)) < 48_000 else \
-            [Path(p).name for p in traj.checkpoints]   # HDF5 attributes are limited to 64 KiB
-        f.attrs["checkpoints"] = np.array(names, dtype=text)
-        f.attrs["explained_variance_ratio"] = traj.pca.ratio
-        f.attrs["explained_variance"] = traj.pca.eigenvalues
-        f.attrs["random_axes"] = ",".join("xy"[i] for i in traj.pca.random_axes)
-        f.attrs["centered"] = traj.center
-        f.attrs["ignore"] = traj.ignore
-        f.attrs["model"] = traj.model
-        f.attrs["source"] = ("distland trajectory (PCA of checkpoint offsets, Li et al. 2018 §7)" if not traj.projected_on
-                             else f"distland trajectory --dir-file {traj.projected_on} (least-squares projection)")
-        f.attrs["projected_on"] = traj.projected_on
-        group = f.create_group("directions", track_order=True)
-        for axis, tensors in traj.directions.items():
-            sub = group.create_group(axis, track_order=True)   # keeps the model's key order on iteration
-            for key, value in tensors.items():
-                sub.create_dataset(key, data=value)
-        t = f.create_group("trajectory")
-        t["coords"] = traj.coords
-        t["residual"] = traj.residual
-        t["norms"] = traj.norms
-        t["labels"] = np.asarray(traj.labels, dtype=np.int64)
-        t["lr_drops"] = np.asarray(traj.lr_drops, dtype=np.int64)
-        t["checkpoints"] = np.array(traj.checkpoints, dtype=text)
+    f.attrs["direction_type"] = traj.kind
+    f.attrs["final_checkpoint"] = traj.final
+    names = traj.checkpoints if sum(map(len, traj.checkpoints)) < 48_000 else \
+        [Path(p).name for p in traj.checkpoints]   # HDF5 attributes are limited to 64 KiB
+    f.attrs["checkpoints"] = np.array(names, dtype=text)
+    f.attrs["explained_variance_ratio"] = traj.pca.ratio
+    f.attrs["explained_variance"] = traj.pca.eigenvalues
+    f.attrs["random_axes"] = ",".join("xy"[i] for i in traj.pca.random_axes)
+    f.attrs["centered"] = traj.center
+    f.attrs["ignore"] = traj.ignore
+    f.attrs["model"] = traj.model
+    f.attrs["source"] = ("distland trajectory (PCA of checkpoint offsets, Li et al. 2018 §7)" if not traj.projected_on
+                         else f"distland trajectory --dir-file {traj.projected_on} (least-squares projection)")
+    f.attrs["projected_on"] = traj.projected_on
+    group = f.create_group("directions", track_order=True)
+    for axis, tensors in traj.directions.items():
+        sub = group.create_group(axis, track_order=True)   # keeps the model's key order on iteration
+        for key, value in tensors.items():
+            sub.create_dataset(key, data=value)
+    t = f.create_group("trajectory")
+    t["coords"] = traj.coords
+    t["residual"] = traj.residual
+    t["norms"] = traj.norms
+    t["labels"] = np.asarray(traj.labels, dtype=np.int64)
+    t["lr_drops"] = np.asarray(traj.lr_drops, dtype=np.int64)
+    t["checkpoints"] = np.array(traj.checkpoints, dtype=text)
 
 
 # ----------------------------------------------------------------------------------------------- CLI

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from collections import OrderedDict
@@ -61,7 +60,30 @@ class Result:
     nodes: List[Tuple[np.ndarray, np.ndarray]]
     seconds: float
     hvps: int
+    checkpoint_sha256: str = ""
     plots: List[str] = field(default_factory=list)
+
+    @classmethod
+    def from_file(cls, path: str) -> "Result":
+        """The result a file holds (``distland info``): everything :meth:`text` prints."""
+        import h5py
+
+        with h5py.File(path, "r", locking=False) as f:
+            a, ev = f.attrs, f["eigenvalues"]
+            density, nodes = None, []
+            if "density" in f:
+                g = f["density"]
+                density = krylov.Density(g["grid"][()], g["density"][()], float(g.attrs["sigma"]))
+                for t, w in zip(g["nodes"][()], g["weights"][()]):
+                    keep = ~np.isnan(t)   # probes shorter than the longest are padded with NaN
+                    nodes.append((t[keep], w[keep]))
+            return cls(path=path, model=str(a["model"]), split=str(a["split"]), samples=int(a["samples"]),
+                       dim=int(a["nparams"]), params=str(a["params"]), ranks=int(a["nranks"]),
+                       eigenvalues=ev[()], residuals=f["eigenvalue_residuals"][()], topk_hvps=int(ev.attrs["hvps"]),
+                       converged=bool(ev.attrs["converged"]), lambda_min=float(a["lambda_min"]),
+                       trace_samples=f["trace_samples"][()] if "trace_samples" in f else np.zeros(0),
+                       density=density, nodes=nodes, seconds=float(a["seconds"]), hvps=int(a["hvps"]),
+                       checkpoint_sha256=str(a["checkpoint_sha256"]))
 
     @property
     def trace(self) -> Tuple[float, float]:
@@ -69,8 +91,9 @@ class Result:
             return float("nan"), float("nan")
         return krylov.trace_estimate(self.trace_samples)
 
-    def text(self) -> str:
-        lines = [f"distland hessian: {self.path}",
+    def text(self, header: str = "") -> str:
+        """The summary ``distland hessian`` prints (and ``distland info``, under its own ``header``)."""
+        lines = [header or f"distland hessian: {self.path}",
                  f"  model {self.model}, {self.samples} {self.split} samples, {self.dim} parameters "
                  f"({self.params}), {self.ranks} rank(s), {self.hvps} Hessian-vector products in {self.seconds:.1f} s"]
         vals = ", ".join(f"{v:.6g}" for v in self.eigenvalues)
@@ -162,10 +185,10 @@ def _run(cfg: Any, comm: Any, plot: bool) -> Optional[Result]:
                  params=h.params, ranks=comm.size, eigenvalues=topk.values, residuals=topk.residuals,
                  topk_hvps=topk.hvps, converged=topk.converged, lambda_min=topk.lmin,
                  trace_samples=np.array([v for _, v in trace_all]), density=krylov.density(nodes) if nodes else None,
-                 nodes=nodes, seconds=0.0, hvps=sum(part[2] for part in gathered))
+                 nodes=nodes, seconds=0.0, hvps=sum(part[2] for part in gathered), checkpoint_sha256=digest)
     res.seconds = time.monotonic() - t0
     vectors = _vectors(op, model, topk.vectors, h.direction_norm, h.params)
-    write(res, vectors, cfg, digest)
+    write(res, vectors, cfg)
     op.release()
     if plot:
         res.plots = plot_result(res)
@@ -192,64 +215,62 @@ def _vectors(op: HessianOperator, model: torch.nn.Module, flat: torch.Tensor, no
 
 
 # ------------------------------------------------------------------------------------------------ the file
-def write(res: Result, vectors: List[Dict[str, np.ndarray]], cfg: Any, digest: str) -> None:
+def write(res: Result, vectors: List[Dict[str, np.ndarray]], cfg: Any) -> None:
     """Write the result file (temporary name, then an atomic rename)."""
+    from ..surfacefile import write_atomically
+
+    write_atomically(res.path, lambda f: _fill(f, res, vectors, cfg))
+
+
+def _fill(f: Any, res: Result, vectors: List[Dict[str, np.ndarray]], cfg: Any) -> None:
     import h5py
 
     from .. import __version__
     from ..config import to_yaml
 
-    path = Path(res.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     h = cfg.hessian
-    try:
-        with h5py.File(tmp, "w") as f:
-            attrs = {"config": to_yaml(cfg), "model": cfg.model, "checkpoint_sha256": digest, "split": res.split,
-                     "samples": res.samples, "nparams": res.dim, "params": h.params, "loss": cfg.loss,
-                     "tol": h.tol, "seed": h.seed, "direction_norm": h.direction_norm, "nranks": res.ranks,
-                     "hvps": res.hvps, "seconds": res.seconds, "distland_version": __version__,
-                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lambda_min": res.lambda_min}
-            for k, v in attrs.items():
-                f.attrs[k] = v
-            ev = f.create_dataset("eigenvalues", data=np.asarray(res.eigenvalues, dtype=np.float64))
-            ev.attrs.update({"hvps": res.topk_hvps, "converged": int(res.converged)})
-            f.create_dataset("eigenvalue_residuals", data=np.asarray(res.residuals, dtype=np.float64))
-            for i, vec in enumerate(vectors):
-                g = f.create_group(f"eigenvectors/{i}")
-                for k, a in vec.items():
-                    g.create_dataset(k, data=a)
-            # The direction-file layout (distland.directions.load_file): links, so nothing is stored twice.
-            d = f.create_group("directions")
-            d.attrs["eigenpairs"] = np.asarray(h.axes, dtype=np.int64)   # directions/x is eigenvector axes[0], …
-            for axis, i in zip(axis_names(len(h.axes)), h.axes):
-                if i < len(vectors):
-                    d[axis] = h5py.SoftLink(f"/eigenvectors/{i}")
-            if res.trace_samples.size:
-                tr, err = res.trace
-                ds = f.create_dataset("trace_samples", data=res.trace_samples)
-                f.attrs["trace"], f.attrs["trace_stderr"] = tr, err
-                ds.attrs["probe"] = "rademacher"
-            if res.density is not None:
-                g = f.create_group("density")
-                g.create_dataset("grid", data=res.density.grid)
-                g.create_dataset("density", data=res.density.density)
-                g.attrs["sigma"] = res.density.sigma
-                steps = max(len(t) for t, _ in res.nodes)
-                nodes = np.full((len(res.nodes), steps), np.nan)
-                weights = np.zeros((len(res.nodes), steps))
-                for i, (t, w) in enumerate(res.nodes):
-                    nodes[i, :len(t)], weights[i, :len(w)] = t, w
-                g.create_dataset("nodes", data=nodes)
-                g.create_dataset("weights", data=weights)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    attrs = {"config": to_yaml(cfg), "model": cfg.model, "checkpoint_sha256": res.checkpoint_sha256,
+             "split": res.split, "samples": res.samples, "nparams": res.dim, "params": h.params, "loss": cfg.loss,
+             "tol": h.tol, "seed": h.seed, "direction_norm": h.direction_norm, "nranks": res.ranks,
+             "hvps": res.hvps, "seconds": res.seconds, "distland_version": __version__,
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lambda_min": res.lambda_min}
+    for k, v in attrs.items():
+        f.attrs[k] = v
+    ev = f.create_dataset("eigenvalues", data=np.asarray(res.eigenvalues, dtype=np.float64))
+    ev.attrs.update({"hvps": res.topk_hvps, "converged": int(res.converged)})
+    f.create_dataset("eigenvalue_residuals", data=np.asarray(res.residuals, dtype=np.float64))
+    for i, vec in enumerate(vectors):
+        g = f.create_group(f"eigenvectors/{i}")
+        for k, a in vec.items():
+            g.create_dataset(k, data=a)
+    # The direction-file layout (distland.directions.load_file): links, so nothing is stored twice.
+    d = f.create_group("directions")
+    d.attrs["eigenpairs"] = np.asarray(h.axes, dtype=np.int64)   # directions/x is eigenvector axes[0], …
+    for axis, i in zip(axis_names(len(h.axes)), h.axes):
+        if i < len(vectors):
+            d[axis] = h5py.SoftLink(f"/eigenvectors/{i}")
+    if res.trace_samples.size:
+        tr, err = res.trace
+        ds = f.create_dataset("trace_samples", data=res.trace_samples)
+        f.attrs["trace"], f.attrs["trace_stderr"] = tr, err
+        ds.attrs["probe"] = "rademacher"
+    if res.density is not None:
+        g = f.create_group("density")
+        g.create_dataset("grid", data=res.density.grid)
+        g.create_dataset("density", data=res.density.density)
+        g.attrs["sigma"] = res.density.sigma
+        steps = max(len(t) for t, _ in res.nodes)
+        nodes = np.full((len(res.nodes), steps), np.nan)
+        weights = np.zeros((len(res.nodes), steps))
+        for i, (t, w) in enumerate(res.nodes):
+            nodes[i, :len(t)], weights[i, :len(w)] = t, w
+        g.create_dataset("nodes", data=nodes)
+        g.create_dataset("weights", data=weights)
 
 
 def read(path: str) -> Dict[str, Any]:
-    """The main numbers of a result file (for ``distland info`` and tests)."""
+    """A result file's attributes and main datasets as a plain dict (tests, scripts); :meth:`Result.from_file`
+    gives the :class:`Result`."""
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -266,26 +287,6 @@ def is_result_file(path: str) -> bool:
     from ..surfacefile import holds_without_grid
 
     return holds_without_grid(path, "eigenvalues")
-
-
-def summary_lines(path: str) -> List[str]:
-    """The numbers of a result file as ``distland info`` prints them: top eigenvalues, λmin, trace ± its error."""
-    r = read(path)
-    eig = np.asarray(r["eigenvalues"], dtype=np.float64)
-    lines = [f"Hessian at θ* ({path}): {r.get('samples', '?')} {r.get('split', '')} samples, {r.get('nparams', '?')} "
-             f"parameters ({r.get('params', '?')}), tol {r.get('tol', '?')}",
-             f"  top-{len(eig)} eigenvalues: {', '.join(f'{v:.6g}' for v in eig)}"
-             + ("" if int(r.get("converged", 1)) else "  (NOT converged)"),
-             f"  λmax {eig[0]:.6g}, λmin {float(r.get('lambda_min', float('nan'))):.6g}"]
-    samples = r.get("trace_samples")
-    if samples is not None and len(samples):
-        tr, err = krylov.trace_estimate(samples)
-        lines.append(f"  trace {tr:.6g} ± {err:.2g} (Hutchinson, {len(samples)} probes, standard error)")
-    if "density/nodes" in r:
-        grid = r["density/grid"]
-        lines.append(f"  eigenvalue density: {len(r['density/nodes'])} SLQ probe(s), eigenvalues in "
-                     f"[{grid[0]:.4g}, {grid[-1]:.4g}]")
-    return lines
 
 
 # ------------------------------------------------------------------------------------------------ plots
